@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+from django.core import checks
+
+
+class WebSocketConfig(AppConfig):
+    name = "django_websocket"
+    verbose_name = "WebSockets"
+
+    def ready(self) -> None:
+        from .checks import check_settings, check_installed_apps
+
+        checks.register(check_settings)
+        checks.register(check_installed_apps)

@@ -1,0 +1,92 @@
+"""
+Settings, all prefixed with ``WEBSOCKET_``.
+
+Read them through :data:`settings`: values are loaded from Django's settings
+on first use, checked, and reloaded when a test changes them with
+``override_settings``.
+
+"""
+
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = ["settings", "DEFAULTS"]
+
+MiB = 1024 * 1024
+
+#: Every setting with its default value, without the ``WEBSOCKET_`` prefix.
+DEFAULTS = {
+    "ACCEPT_ALL": False,
+    "ALLOWED_ORIGINS": (),
+    "MAX_MESSAGE_SIZE": MiB,
+    "MAX_QUEUE": 16,
+    "CLOSE_TIMEOUT": 5.0,
+}
+
+
+def _positive_number(name: str, value, *, integer: bool = False, none: bool = False):
+    if value is None and none:
+        return value
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        if none:
+            what += " or None"
+        raise ImproperlyConfigured(f"WEBSOCKET_{name} must be {what}; got {value!r}.")
+    return value
+
+
+def _validate(name: str, value):
+    if name == "ACCEPT_ALL":
+        if not isinstance(value, bool):
+            raise ImproperlyConfigured(f"WEBSOCKET_ACCEPT_ALL must be True or False; got {value!r}.")
+    elif name == "ALLOWED_ORIGINS":
+        if isinstance(value, str) or not all(isinstance(entry, str) for entry in value):
+            raise ImproperlyConfigured(
+                "WEBSOCKET_ALLOWED_ORIGINS must be a list of origins such as "
+                f'["https://example.com"]; got {value!r}.'
+            )
+        value = tuple(value)
+    elif name == "MAX_MESSAGE_SIZE":
+        value = _positive_number(name, value, integer=True, none=True)
+    elif name == "MAX_QUEUE":
+        value = _positive_number(name, value, integer=True)
+    elif name == "CLOSE_TIMEOUT":
+        value = _positive_number(name, value)
+    return value
+
+
+class Settings:
+    """The ``WEBSOCKET_*`` settings, as attributes without the prefix."""
+
+    def __getattr__(self, name: str):
+        # Only called for attributes not loaded yet.
+        if name not in DEFAULTS:
+            raise AttributeError(name)
+        self.load()
+        return self.__dict__[name]
+
+    def load(self) -> None:
+        """Read and check every setting; raise ImproperlyConfigured if one is wrong."""
+        values = {
+            name: _validate(name, getattr(django_settings, "WEBSOCKET_" + name, default))
+            for name, default in DEFAULTS.items()
+        }
+        self.__dict__.update(values)
+
+    def reset(self) -> None:
+        """Forget the loaded values: the next access reads them again."""
+        self.__dict__.clear()
+
+
+settings = Settings()
+
+
+@receiver(setting_changed)
+def reload(*, setting: str, **kwargs) -> None:
+    if setting.startswith("WEBSOCKET_"):
+        settings.reset()

@@ -1,0 +1,83 @@
+"""
+Decorators that let a view accept websockets.
+
+They mark the view with its :class:`~django_websocket.middleware.Options`
+and check each request before the view runs, so they work with and without
+:class:`~django_websocket.middleware.WebSocketMiddleware`.
+
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterable
+
+from .middleware import Options, serve
+
+__all__ = ["accept_websocket", "require_websocket"]
+
+
+class _AllDatabases(frozenset):
+    # Every database alias, without reading DATABASES at import time.
+    def __contains__(self, alias) -> bool:
+        return True
+
+
+def accept_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
+    """
+    Let a view accept websockets as well as plain HTTP requests.
+
+    Usable bare or with options::
+
+        @accept_websocket
+        def view(request):
+            if request.is_websocket():
+                for message in request.websocket:
+                    request.websocket.send(message)
+            else:
+                return HttpResponse("Connect with a websocket.")
+
+        @accept_websocket(protocols=["chat.v2", "chat.v1"])
+        def chat(request): ...
+
+    Set ``protocols`` to the subprotocols the view speaks, preferred first:
+    the handshake answers with the first one the client offered, or with
+    none when there is no match (``request.websocket.protocol`` is then
+    :obj:`None`).
+
+    A websocket request is not wrapped in the ``ATOMIC_REQUESTS``
+    transaction, which would last as long as the connection; a plain HTTP
+    request is, as usual.
+
+    """
+    if view is None:
+        return functools.partial(accept_websocket, protocols=protocols)
+    return _decorate(view, Options(required=False, protocols=tuple(protocols)))
+
+
+def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
+    """
+    Let a view accept websockets only; a plain HTTP request gets 400.
+
+    Takes the same options as :func:`accept_websocket`::
+
+        @require_websocket
+        def echo(request):
+            for message in request.websocket:
+                request.websocket.send(message)
+
+    """
+    if view is None:
+        return functools.partial(require_websocket, protocols=protocols)
+    return _decorate(view, Options(required=True, protocols=tuple(protocols)))
+
+
+def _decorate(view: Callable, options: Options) -> Callable:
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        return serve(request, view, args, kwargs, options)
+
+    wrapper.websocket_options = options
+    # Django's make_view_atomic() must leave this view to serve().
+    wrapper._non_atomic_requests = _AllDatabases()
+    return wrapper

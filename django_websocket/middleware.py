@@ -1,0 +1,139 @@
+"""
+Django's side of the handshake: ``request.websocket`` and who may accept it.
+
+:class:`WebSocketMiddleware` gives every request ``request.websocket`` and
+``request.is_websocket()``, refuses upgrades to views that do not accept
+websockets (unless :data:`WEBSOCKET_ACCEPT_ALL` is set) and lets decorated
+views decide for themselves. The decorators call the same :func:`check`, so
+they also work without the middleware.
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from django.conf import settings as django_settings
+from django.db import connections, transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+
+from . import handshake
+from .conf import settings
+from .websocket import CONNECTING, WebSocket
+
+__all__ = ["WebSocketMiddleware", "Options", "attach", "check", "serve"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a view handles websockets, as set by the decorators."""
+
+    required: bool = False
+    protocols: tuple[str, ...] = ()
+
+
+def attach(request: HttpRequest) -> WebSocket | None:
+    """Set ``request.websocket`` and ``request.is_websocket()``, once; return the websocket."""
+    try:
+        return request.websocket
+    except AttributeError:
+        pass
+    websocket = request.META.get(handshake.ENVIRON_KEY)
+    is_websocket = websocket is not None
+    request.websocket = websocket
+    request.is_websocket = lambda: is_websocket
+    return websocket
+
+
+def check(request: HttpRequest, options: Options) -> HttpResponse | None:
+    """
+    Apply a view's websocket ``options`` to ``request`` before the view runs.
+
+    Returns the response that refuses the request, or :obj:`None` to run
+    the view: a plain HTTP request to a view that requires a websocket gets
+    400; an upgrade from a page whose ``Origin`` is not allowed gets 403.
+    Otherwise the subprotocol the view prefers is chosen, for the handshake
+    to answer with.
+
+    """
+    websocket = attach(request)
+    if websocket is None:
+        if options.required:
+            return HttpResponseBadRequest(
+                "This URL only accepts WebSocket connections.", content_type="text/plain"
+            )
+        return None
+    if websocket.state is not CONNECTING:
+        return None
+    origin = websocket.origin
+    if origin is not None and not handshake.origin_allowed(
+        origin,
+        request.get_host(),
+        (*django_settings.CSRF_TRUSTED_ORIGINS, *settings.ALLOWED_ORIGINS),
+    ):
+        return HttpResponseForbidden(
+            f"WebSocket connections from the origin {origin} are not allowed.",
+            content_type="text/plain",
+        )
+    websocket.default_protocol = handshake.select_protocol(websocket.protocols, options.protocols)
+    return None
+
+
+def serve(request: HttpRequest, view: Callable, args, kwargs, options: Options) -> HttpResponse:
+    """
+    Run ``view`` for ``request`` under ``options``.
+
+    A websocket request runs outside ``ATOMIC_REQUESTS`` (the transaction
+    would last as long as the connection) and may return :obj:`None`, as the
+    connection is the answer; a plain HTTP request runs as usual.
+
+    """
+    response = check(request, options)
+    if response is not None:
+        return response
+    if request.websocket is None:
+        return _atomic_requests(view)(request, *args, **kwargs)
+    response = view(request, *args, **kwargs)
+    return HttpResponse() if response is None else response
+
+
+def _atomic_requests(view: Callable) -> Callable:
+    # What Django's make_view_atomic() does for views it runs itself.
+    skipped = getattr(view, "_non_atomic_requests", ())
+    for alias, settings_dict in connections.settings.items():
+        if settings_dict["ATOMIC_REQUESTS"] and alias not in skipped:
+            view = transaction.atomic(using=alias)(view)
+    return view
+
+
+class WebSocketMiddleware:
+    """
+    Give requests their websocket and refuse upgrades that views don't accept.
+
+    Add ``"django_websocket.middleware.WebSocketMiddleware"`` to
+    ``MIDDLEWARE``. With :data:`WEBSOCKET_ACCEPT_ALL` set to :obj:`True`,
+    every view accepts websockets, as if decorated with
+    :func:`~django_websocket.accept_websocket`.
+
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        attach(request)
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs) -> HttpResponse | None:
+        if getattr(view_func, "websocket_options", None) is not None:
+            return None  # a decorated view: its decorator checks the request
+        if attach(request) is None:
+            return None
+        if settings.ACCEPT_ALL:
+            # Run the view here rather than let Django wrap it in
+            # ATOMIC_REQUESTS and reject its None return.
+            return serve(request, view_func, view_args, view_kwargs, Options())
+        return HttpResponseBadRequest(
+            "This URL does not accept WebSocket connections.", content_type="text/plain"
+        )

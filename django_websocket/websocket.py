@@ -1,0 +1,466 @@
+"""
+The server side of one WebSocket connection, as a view sees it.
+
+A :class:`WebSocket` starts in the ``CONNECTING`` state: the client's
+handshake is valid, but nothing has been answered yet. :meth:`WebSocket.accept`
+writes the ``101 Switching Protocols`` and starts a reader greenlet, which
+parses frames, answers pings at once, and queues messages for the view in a
+bounded queue (when it is full, the reader stops reading and TCP pushes back
+on the client). Writes go through one lock, so any greenlet may send.
+
+This module knows sockets and gevent, not Django.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import weakref
+from typing import Iterator, Union
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+from gevent.queue import Empty, Queue
+
+from . import handshake as handshake_module
+from . import protocol as engine
+from .exceptions import ConnectionClosed, InvalidState, ProtocolError
+
+__all__ = ["WebSocket", "Message", "close_all"]
+
+logger = logging.getLogger(__name__)
+
+#: What a message is: :class:`str` for text, :class:`bytes` for binary.
+Message = Union[str, bytes]
+
+CONNECTING, OPEN, CLOSED = "CONNECTING", "OPEN", "CLOSED"
+
+# Large enough for a 64 KiB frame in one call; the bytes object it allocates
+# is shrunk to what arrived.
+RECV_SIZE = 65536
+
+# Popped by a view blocked in wait() when no message will come any more.
+_END = object()
+
+# Every accepted websocket of this process that is not closed yet.
+_open_websockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()
+
+
+def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
+    """
+    Start closing every open websocket of this process with ``code``.
+
+    The views see :meth:`WebSocket.wait` return :obj:`None` once the client
+    answers, or after the close timeout, and can clean up. Used by the worker
+    on graceful shutdown.
+
+    """
+    for websocket in list(_open_websockets):
+        gevent.spawn(websocket.close, code, reason)
+
+
+class WebSocket:
+    """
+    A websocket connection; Django views get it as ``request.websocket``.
+
+    Read messages with :meth:`wait`, :meth:`read` or iteration, send them
+    with :meth:`send`. The view may still refuse the handshake by returning
+    an ``HttpResponse`` before it first uses the websocket: the first use
+    accepts the handshake.
+
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handshake: handshake_module.Handshake,
+        *,
+        max_message_size: int | None = 1024 * 1024,
+        max_queue: int = 16,
+        close_timeout: float = 5.0,
+        buffered: bytes = b"",
+    ) -> None:
+        self._sock = sock
+        self._handshake = handshake
+        self._buffered = buffered
+        #: Largest message accepted, in bytes; a larger one closes the
+        #: connection with 1009. Change it before the handshake is accepted.
+        self.max_message_size = max_message_size
+        #: How many received messages wait for the view before the server
+        #: stops reading from the client.
+        self.max_queue = max_queue
+        #: Seconds to wait for the client's close frame when closing.
+        self.close_timeout = close_timeout
+        #: The subprotocol :meth:`accept` answers with when given none.
+        self.default_protocol: str | None = None
+        #: ``"CONNECTING"``, ``"OPEN"`` or ``"CLOSED"``.
+        self.state = CONNECTING
+        #: The subprotocol agreed on in the handshake, or :obj:`None`.
+        self.protocol: str | None = None
+        #: The close code the client sent; ``1005`` if its close frame had
+        #: none, ``1006`` if the connection dropped without one; :obj:`None`
+        #: while open.
+        self.close_code: int | None = None
+        #: The close reason the client sent, or :obj:`None` while open.
+        self.close_reason: str | None = None
+        self._sent_close: tuple[int | None, str] | None = None
+        self._pending_close: tuple[int | None, str] | None = None
+        self._ended = False  # no message will be queued any more
+        self._done = Event()  # the TCP connection is closed
+        self._write_lock = Semaphore()
+        self._queue: Queue | None = None
+        self._parser: engine.Parser | None = None
+        self._waiters = 0  # greenlets blocked in wait()
+        self._has_read = False  # the view reads messages
+        self._ends_queued = 0
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.state} protocol={self.protocol!r}>"
+
+    # Handshake.
+
+    @property
+    def protocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order of preference."""
+        return list(self._handshake.protocols)
+
+    @property
+    def origin(self) -> str | None:
+        """The client's ``Origin`` header, or :obj:`None`."""
+        return self._handshake.origin
+
+    def accept(self, protocol: str | None = None) -> None:
+        """
+        Accept the handshake: write ``101 Switching Protocols``.
+
+        Set ``protocol`` to the subprotocol to answer with; it must be one
+        the client offered. By default, :attr:`default_protocol` is used: the
+        decorators set it from their ``protocols`` option.
+
+        Every other method accepts the handshake on first use, so calling
+        this is needed only to choose the protocol at run time.
+
+        Raises:
+            InvalidState: the handshake is already accepted.
+            ValueError: the client did not offer ``protocol``.
+
+        """
+        if self.state is not CONNECTING:
+            raise InvalidState('Cannot call "accept" once the handshake is complete.')
+        if protocol is None:
+            protocol = self.default_protocol
+        elif protocol not in self._handshake.protocols:
+            raise ValueError(f"The client did not offer the subprotocol {protocol!r}.")
+        response = handshake_module.accept_response(self._handshake, protocol)
+        self._sock.sendall(response)
+        self.protocol = protocol
+        self.state = OPEN
+        self._parser = engine.Parser(self.max_message_size)
+        self._queue = Queue(self.max_queue)
+        _open_websockets.add(self)
+        gevent.spawn_raw(self._read_loop)
+
+    def _ensure_accepted(self) -> None:
+        if self.state is CONNECTING:
+            self.accept()
+
+    # Receiving.
+
+    def wait(self, timeout: float | None = None) -> Message | None:
+        """
+        Return the next message, waiting for it if none is queued.
+
+        Returns :class:`str` for a text message and :class:`bytes` for a
+        binary one, or :obj:`None` once the connection is closed and every
+        message received before the close was returned.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed without a message.
+
+        """
+        self._ensure_accepted()
+        self._has_read = True
+        queue = self._queue
+        if not queue.qsize():
+            if self._ended:
+                self._reached_end()
+                return None
+            self._waiters += 1
+            try:
+                message = queue.get(timeout=timeout)
+            except Empty:
+                raise TimeoutError(f"no message within {timeout} seconds") from None
+            finally:
+                self._waiters -= 1
+        else:
+            message = queue.get_nowait()
+        if message is _END:
+            self._ends_queued -= 1
+            self._reached_end()
+            return None
+        return message
+
+    def read(self, fallback: Message | None = None) -> Message | None:
+        """
+        Return the next queued message without waiting, or ``fallback``.
+
+        ``fallback`` is returned when no message is queued, including once
+        the connection is closed.
+
+        """
+        self._ensure_accepted()
+        self._has_read = True
+        try:
+            message = self._queue.get_nowait()
+        except Empty:
+            if self._ended:
+                self._reached_end()
+            return fallback
+        if message is _END:
+            self._ends_queued -= 1
+            self._reached_end()
+            return fallback
+        return message
+
+    def count_messages(self) -> int:
+        """Return how many received messages are queued for :meth:`read`."""
+        self._ensure_accepted()
+        return self._queue.qsize() - self._ends_queued
+
+    def has_messages(self) -> bool:
+        """Tell whether :meth:`read` would return a message now."""
+        return self.count_messages() > 0
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterate over messages until the connection is closed."""
+        while True:
+            message = self.wait()
+            if message is None:
+                return
+            yield message
+
+    # Sending.
+
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        """
+        Send a message: :class:`str` as text, bytes-like objects as binary.
+
+        Safe to call from any greenlet: frames are written one at a time.
+
+        Raises:
+            ConnectionClosed: the connection is closed, or closing.
+            TypeError: ``message`` is neither text nor bytes-like.
+
+        """
+        if type(message) is str:
+            frame = engine.encode_frame(engine.OP_TEXT, message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            frame = engine.encode_frame(engine.OP_BINARY, bytes(message))
+        else:
+            raise TypeError(
+                f"send() takes str or a bytes-like object, not {type(message).__name__}"
+            )
+        self._ensure_accepted()
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        with self._write_lock:
+            if self._sent_close is not None or self._done.is_set():
+                raise self._closed_error()
+            try:
+                self._sock.sendall(frame)
+            except OSError:
+                self._connection_lost()
+                raise self._closed_error() from None
+
+    def _closed_error(self) -> ConnectionClosed:
+        code, reason = (self._sent_close or (None, None))
+        return ConnectionClosed(
+            1006 if self.close_code is None else self.close_code,
+            self.close_reason or "",
+            None if self._sent_close is None else (1005 if code is None else code),
+            reason,
+        )
+
+    # Closing.
+
+    @property
+    def closed(self) -> bool:
+        """Tell whether the connection is closed or closing: no message can be sent."""
+        return self._sent_close is not None or self._done.is_set()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """
+        Close the connection with ``code`` and ``reason``.
+
+        Sends a close frame, then waits up to :attr:`close_timeout` seconds
+        for the client's close frame before closing the TCP connection.
+        Does nothing if the connection is already closed.
+
+        Raises:
+            ValueError: ``code`` may not be sent, or ``reason`` is over 123
+                bytes once encoded.
+
+        """
+        if not (code == 1000 or engine.check_close_code(code)):
+            raise ValueError(f"{code} is not a close code a server may send.")
+        if len(reason.encode()) > 123:
+            raise ValueError("The close reason must fit in 123 bytes of UTF-8.")
+        self._ensure_accepted()
+        if self._pending_close is not None:
+            # The client closed, or broke the protocol: that close frame wins.
+            self._reached_end()
+        else:
+            self._send_close(code, reason)
+        if not self._done.wait(self.close_timeout):
+            logger.debug("no close frame from the client within %s s", self.close_timeout)
+            self._connection_lost()
+
+    def _send_close(self, code: int | None, reason: str) -> None:
+        """Send a close frame once; end the connection if the client's came first."""
+        if self._sent_close is not None or self._done.is_set():
+            return
+        with self._write_lock:
+            if self._sent_close is not None:
+                return
+            self._sent_close = (code, reason)
+            try:
+                self._sock.sendall(engine.encode_close(code, reason))
+            except OSError:
+                self._connection_lost()
+                return
+        # The view gets no message after a close frame went out; dropping
+        # them also frees a reader blocked on a full queue, so that it can
+        # read the client's close frame.
+        self._discard_messages()
+        self._end_messages()
+        if self.close_code is not None:
+            # Both close frames are exchanged: the server closes TCP first.
+            self._shutdown()
+
+    def _close_when_read(self, code: int | None, reason: str) -> None:
+        """
+        Send a close frame once the view has had the messages received before it.
+
+        Messages the view already has may still be answered (the client
+        expects the echo of a message sent before a protocol error, for
+        example), but a view that does not come back for them within
+        :attr:`close_timeout` does not delay the close any longer.
+
+        """
+        self._end_messages()
+        busy = self._has_read and not self._waiters
+        if self._queue.qsize() - self._ends_queued == 0 and not busy:
+            self._send_close(code, reason)
+            return
+        self._pending_close = (code, reason)
+        gevent.spawn_later(self.close_timeout, self._reached_end)
+
+    def _reached_end(self) -> None:
+        # The view has every message: a deferred close frame may go out.
+        pending, self._pending_close = self._pending_close, None
+        if pending is not None:
+            self._send_close(*pending)
+
+    def _discard_messages(self) -> None:
+        queue = self._queue
+        kept = 0
+        while queue.qsize() > kept:
+            message = queue.get_nowait()
+            if message is _END:
+                queue.put_nowait(message)
+                kept += 1
+
+    def _end_messages(self) -> None:
+        # No message will be queued any more: wake the views that wait.
+        if self._ended:
+            return
+        self._ended = True
+        for _ in range(self._waiters):
+            self._ends_queued += 1
+            self._queue.put_nowait(_END)
+
+    def _shutdown(self) -> None:
+        if self._done.is_set():
+            return
+        self.state = CLOSED
+        _open_websockets.discard(self)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._done.set()
+        self._end_messages()
+
+    def _connection_lost(self) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = 1006, ""
+        self._pending_close = None
+        self._shutdown()
+
+    def finish(self, status_code: int = 200) -> None:
+        """
+        Close the connection after the view returned a response.
+
+        The close code follows the response's status: 1011 for a server
+        error (the view raised), 1008 for 401 and 403, 1000 otherwise.
+
+        """
+        if status_code >= 500:
+            code = 1011
+        elif status_code in (401, 403):
+            code = 1008
+        else:
+            code = 1000
+        if self.state is OPEN:
+            self.close(code)
+
+    # The reader greenlet.
+
+    def _read_loop(self) -> None:
+        parser = self._parser
+        recv = self._sock.recv
+        put = self._queue.put
+        data, self._buffered = self._buffered, b""
+        try:
+            while True:
+                if data:
+                    for event in parser.feed(data):
+                        kind = type(event)
+                        if kind is str or kind is bytes:
+                            if self._sent_close is None:
+                                put(event)
+                        else:
+                            self._handle(event)
+                    if parser.closed:
+                        return
+                data = recv(RECV_SIZE)
+                if not data:
+                    return
+        except OSError:
+            pass
+        finally:
+            if not parser.closed:
+                self._connection_lost()
+
+    def _handle(self, event) -> None:
+        kind = type(event)
+        if kind is engine.Ping:
+            if self._sent_close is None:
+                try:
+                    self._write(engine.encode_frame(engine.OP_PONG, event.payload))
+                except ConnectionClosed:
+                    pass
+        elif kind is engine.Close:
+            self.close_code, self.close_reason = event.code, event.reason
+            if self._sent_close is not None:
+                self._shutdown()
+            else:
+                # Echo the client's code, as RFC 6455 section 5.5.1 asks.
+                self._close_when_read(None if event.code == 1005 else event.code, "")
+        elif kind is ProtocolError:
+            logger.debug("failing the connection: %s", event)
+            self._close_when_read(event.code, event.reason)

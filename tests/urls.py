@@ -1,0 +1,19 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("echo/", views.echo),
+    path("accept/", views.accept),
+    path("plain/", views.plain),
+    path("chat/", views.chat),
+    path("login-required/", views.login_required_echo),
+    path("refuse/", views.refuse),
+    path("fail/", views.fail),
+    path("queue/", views.queue),
+    path("close/", views.close),
+    path("greenlet-send/", views.greenlet_send),
+    path("whoami/", views.whoami),
+    path("login/", views.login),
+    path("finished/", views.finished),
+]

@@ -1,0 +1,122 @@
+"""Views the integration tests talk to through a real server."""
+
+import gevent
+from django.contrib.auth import get_user_model
+from django.contrib.auth import login as auth_login
+from django.contrib.auth.decorators import login_required
+from django.core.signals import request_finished
+from django.http import HttpResponse, HttpResponseForbidden
+
+from django_websocket import accept_websocket, require_websocket
+
+
+@require_websocket
+def echo(request):
+    for message in request.websocket:
+        request.websocket.send(message)
+
+
+@accept_websocket
+def accept(request):
+    if not request.is_websocket():
+        return HttpResponse("plain HTTP")
+    request.websocket.send("websocket")
+
+
+def plain(request):
+    return HttpResponse("plain view")
+
+
+@require_websocket(protocols=["chat.v2", "chat.v1"])
+def chat(request):
+    request.websocket.send(f"protocol={request.websocket.protocol}")
+
+
+@login_required
+@require_websocket
+def login_required_echo(request):
+    request.websocket.send(f"user={request.user.username}")
+
+
+@require_websocket
+def refuse(request):
+    if request.GET.get("token") != "secret":
+        return HttpResponseForbidden("bad token")
+    request.websocket.send("welcome")
+
+
+@require_websocket
+def fail(request):
+    request.websocket.send("about to fail")
+    raise RuntimeError("the view failed")
+
+
+@require_websocket
+def queue(request):
+    """Report what read(), count_messages() and has_messages() see."""
+    websocket = request.websocket
+    websocket.send(f"empty: read={websocket.read('nothing')} count={websocket.count_messages()}")
+    websocket.wait()  # "go": the client has sent its batch before this
+    deadline = 50
+    while websocket.count_messages() < 3 and deadline:
+        gevent.sleep(0.01)
+        deadline -= 1
+    websocket.send(f"count={websocket.count_messages()} has={websocket.has_messages()}")
+    messages = []
+    while websocket.has_messages():
+        messages.append(websocket.read())
+    websocket.send("read=" + ",".join(messages))
+
+
+@require_websocket
+def close(request):
+    code = int(request.GET.get("code", "1000"))
+    request.websocket.close(code, request.GET.get("reason", ""))
+
+
+@require_websocket
+def greenlet_send(request):
+    """Send from a second greenlet while the view waits for messages."""
+    websocket = request.websocket
+
+    def tick():
+        for count in range(3):
+            websocket.send(f"tick {count}")
+
+    greenlet = gevent.spawn(tick)
+    try:
+        for message in websocket:
+            websocket.send(f"echo {message}")
+    finally:
+        greenlet.kill()
+
+
+@require_websocket
+def whoami(request):
+    user = request.user
+    request.websocket.send(user.username if user.is_authenticated else "anonymous")
+    request.websocket.wait()
+
+
+def login(request):
+    """Log a test user in, creating it: tests get a session cookie from here."""
+    username = request.GET["username"]
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    auth_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return HttpResponse("logged in")
+
+
+FINISHED = []
+
+
+def _record_finished(sender, **kwargs):
+    FINISHED.append(sender)
+
+
+@require_websocket
+def finished(request):
+    """Tell whether request_finished fired for this view's previous connection."""
+    request_finished.connect(_record_finished, dispatch_uid="tests.finished")
+    request.websocket.send(f"finished={len(FINISHED)}")
+    for message in request.websocket:
+        request.websocket.send(message)
