@@ -25,6 +25,11 @@ DEFAULTS = {
     "MAX_MESSAGE_SIZE": MiB,
     "MAX_QUEUE": 16,
     "CLOSE_TIMEOUT": 5.0,
+    "COMPRESSION": True,
+    "PING_INTERVAL": 20.0,
+    "PING_TIMEOUT": 20.0,
+    "SEND_TIMEOUT": 30.0,
+    "HANDSHAKE_TIMEOUT": 10.0,
 }
 
 
@@ -41,9 +46,9 @@ def _positive_number(name: str, value, *, integer: bool = False, none: bool = Fa
 
 
 def _validate(name: str, value):
-    if name == "ACCEPT_ALL":
+    if name in ("ACCEPT_ALL", "COMPRESSION"):
         if not isinstance(value, bool):
-            raise ImproperlyConfigured(f"WEBSOCKET_ACCEPT_ALL must be True or False; got {value!r}.")
+            raise ImproperlyConfigured(f"WEBSOCKET_{name} must be True or False; got {value!r}.")
     elif name == "ALLOWED_ORIGINS":
         if isinstance(value, str) or not all(isinstance(entry, str) for entry in value):
             raise ImproperlyConfigured(
@@ -55,8 +60,10 @@ def _validate(name: str, value):
         value = _positive_number(name, value, integer=True, none=True)
     elif name == "MAX_QUEUE":
         value = _positive_number(name, value, integer=True)
-    elif name == "CLOSE_TIMEOUT":
+    elif name in ("CLOSE_TIMEOUT", "HANDSHAKE_TIMEOUT"):
         value = _positive_number(name, value)
+    elif name in ("PING_INTERVAL", "PING_TIMEOUT", "SEND_TIMEOUT"):
+        value = _positive_number(name, value, none=True)
     return value
 
 

@@ -40,6 +40,10 @@ def attach(request: HttpRequest) -> WebSocket | None:
     except AttributeError:
         pass
     websocket = request.META.get(handshake.ENVIRON_KEY)
+    if websocket is None and request.META.get("wsgi.websocket") is not None:
+        from .worker import adopt
+
+        websocket = adopt(request.META)
     is_websocket = websocket is not None
     request.websocket = websocket
     request.is_websocket = lambda: is_websocket
@@ -90,12 +94,21 @@ def serve(request: HttpRequest, view: Callable, args, kwargs, options: Options) 
 
     """
     response = check(request, options)
-    if response is not None:
-        return response
-    if request.websocket is None:
-        return _atomic_requests(view)(request, *args, **kwargs)
-    response = view(request, *args, **kwargs)
-    return HttpResponse() if response is None else response
+    websocket = request.websocket
+    if websocket is None:
+        return response or _atomic_requests(view)(request, *args, **kwargs)
+    try:
+        if response is None:
+            response = view(request, *args, **kwargs) or HttpResponse()
+    except BaseException:
+        if websocket.adopted:
+            websocket.finish(500, "500 Internal Server Error")
+        raise
+    if websocket.adopted:
+        # Under the stock gevent-websocket worker the 101 is already out:
+        # the response can only become a close code.
+        websocket.finish(response.status_code, f"{response.status_code} {response.reason_phrase}")
+    return response
 
 
 def _atomic_requests(view: Callable) -> Callable:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import struct
 
+from .compression import Deflate, negotiate
 from .exceptions import ProtocolError
 
 try:
@@ -42,7 +43,10 @@ __all__ = [
     "Close",
     "Parser",
     "encode_frame",
+    "encode_message",
     "encode_close",
+    "Deflate",
+    "negotiate",
     "check_close_code",
     "unmask",
 ]
@@ -129,6 +133,31 @@ def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     else:
         header = _pack_BBQ(first, 127, size)
     return header + payload
+
+
+def encode_message(message, deflate: Deflate | None = None) -> bytes:
+    """
+    Build the frame of a message: :class:`str` as text, bytes-like as binary.
+
+    With a ``deflate`` context, messages of at least its ``min_size`` bytes
+    are compressed.
+
+    Raises:
+        TypeError: ``message`` is neither text nor bytes-like.
+
+    """
+    kind = type(message)
+    if kind is str:
+        opcode, data = OP_TEXT, message.encode()
+    elif kind is bytes:
+        opcode, data = OP_BINARY, message
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        opcode, data = OP_BINARY, bytes(message)
+    else:
+        raise TypeError(f"a message is str or a bytes-like object, not {kind.__name__}")
+    if deflate is not None and len(data) >= deflate.min_size:
+        return encode_frame(opcode, deflate.compress(data), rsv1=True)
+    return encode_frame(opcode, data)
 
 
 def encode_close(code: int | None, reason: str = "") -> bytes:

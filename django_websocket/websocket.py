@@ -62,6 +62,30 @@ def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
         gevent.spawn(websocket.close, code, reason)
 
 
+_keepalive: gevent.Greenlet | None = None
+
+
+def _start_keepalive() -> None:
+    """Start this process's keepalive greenlet, once (again after a fork)."""
+    global _keepalive
+    if _keepalive is None or _keepalive.dead:
+        _keepalive = gevent.spawn(_keepalive_loop)
+
+
+def _keepalive_loop() -> None:
+    # One greenlet for the whole process, not one per connection: it wakes
+    # up often enough for the shortest interval and spawns only what must
+    # wait on a socket.
+    while _open_websockets:
+        websockets = list(_open_websockets)
+        now = time.monotonic()
+        tick = 1.0
+        for websocket in websockets:
+            tick = min(tick, websocket._check_alive(now))
+        del websockets, websocket
+        gevent.sleep(tick)
+
+
 class WebSocket:
     """
     A websocket connection; Django views get it as ``request.websocket``.
@@ -81,6 +105,10 @@ class WebSocket:
         max_message_size: int | None = 1024 * 1024,
         max_queue: int = 16,
         close_timeout: float = 5.0,
+        compression: bool = True,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        send_timeout: float | None = 30.0,
         buffered: bytes = b"",
     ) -> None:
         self._sock = sock
@@ -94,8 +122,25 @@ class WebSocket:
         self.max_queue = max_queue
         #: Seconds to wait for the client's close frame when closing.
         self.close_timeout = close_timeout
+        #: Whether to negotiate permessage-deflate when the client offers it.
+        #: Change it before the handshake is accepted.
+        self.compression = compression
+        self._deflate: engine.Deflate | None = None
+        #: Seconds of silence from the client after which the server pings
+        #: it, or :obj:`None` for no keepalive pings.
+        self.ping_interval = ping_interval
+        #: Seconds to wait for any data after a ping before the connection
+        #: is deemed dead and closed with 1011, or :obj:`None` to wait forever.
+        self.ping_timeout = ping_timeout
+        #: Seconds a write may wait for a client that does not read before
+        #: the connection is dropped, or :obj:`None` to wait forever.
+        self.send_timeout = send_timeout
+        self._last_received = 0.0
+        self._ping_sent: float | None = None
         #: The subprotocol :meth:`accept` answers with when given none.
         self.default_protocol: str | None = None
+        # True when a stock gevent-websocket handler answered the handshake.
+        self.adopted = False
         #: ``"CONNECTING"``, ``"OPEN"`` or ``"CLOSED"``.
         self.state = CONNECTING
         #: The subprotocol agreed on in the handshake, or :obj:`None`.
@@ -154,13 +199,28 @@ class WebSocket:
             protocol = self.default_protocol
         elif protocol not in self._handshake.protocols:
             raise ValueError(f"The client did not offer the subprotocol {protocol!r}.")
-        response = handshake_module.accept_response(self._handshake, protocol)
-        self._sock.sendall(response)
+        extensions = None
+        if self.compression:
+            negotiated = engine.negotiate(self._handshake.extensions)
+            if negotiated is not None:
+                extensions, self._deflate = negotiated
+        self._sock.sendall(
+            handshake_module.accept_response(self._handshake, protocol, extensions)
+        )
+        self._open(protocol)
+
+    def _open(self, protocol: str | None) -> None:
+        """Start the connection once the 101 is written."""
         self.protocol = protocol
         self.state = OPEN
-        self._parser = engine.Parser(self.max_message_size)
+        self._parser = engine.Parser(self.max_message_size, self._deflate)
         self._queue = Queue(self.max_queue)
+        # One timeout bounds every write; the reader ignores it while idle.
+        self._sock.settimeout(self.send_timeout)
+        self._last_received = time.monotonic()
         _open_websockets.add(self)
+        if self.ping_interval is not None:
+            _start_keepalive()
         gevent.spawn_raw(self._read_loop)
 
     def _ensure_accepted(self) -> None:
@@ -255,16 +315,9 @@ class WebSocket:
             TypeError: ``message`` is neither text nor bytes-like.
 
         """
-        if type(message) is str:
-            frame = engine.encode_frame(engine.OP_TEXT, message.encode())
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            frame = engine.encode_frame(engine.OP_BINARY, bytes(message))
-        else:
-            raise TypeError(
-                f"send() takes str or a bytes-like object, not {type(message).__name__}"
-            )
-        self._ensure_accepted()
-        self._write(frame)
+        if self.state is CONNECTING:
+            self.accept()
+        self._write(engine.encode_message(message, self._deflate))
 
     def _write(self, frame: bytes) -> None:
         with self._write_lock:
@@ -401,22 +454,55 @@ class WebSocket:
         self._pending_close = None
         self._shutdown()
 
-    def finish(self, status_code: int = 200) -> None:
+    def finish(self, status_code: int = 200, status_text: str = "") -> None:
         """
-        Close the connection after the view returned a response.
+        Close the connection once the view has returned a response.
 
-        The close code follows the response's status: 1011 for a server
-        error (the view raised), 1008 for 401 and 403, 1000 otherwise.
+        The close code follows the response's status: 1000 for a success,
+        1008 (policy violation) for a redirect or a client error, 1011
+        (unexpected error) for a server error, such as a view that raised.
+        Except after a success, the reason is ``status_text``, e.g.
+        ``"403 Forbidden"``.
 
         """
-        if status_code >= 500:
-            code = 1011
-        elif status_code in (401, 403):
-            code = 1008
-        else:
-            code = 1000
-        if self.state is OPEN:
-            self.close(code)
+        if self.state is not OPEN:
+            return
+        if status_code < 300:
+            self.close(1000)
+            return
+        code = 1011 if status_code >= 500 else 1008
+        self.close(code, status_text.encode()[:123].decode(errors="ignore"))
+
+    # Keepalive.
+
+    def _check_alive(self, now: float) -> float:
+        """Ping the client or give up on it; return when to check again, in seconds."""
+        interval, timeout = self.ping_interval, self.ping_timeout
+        if interval is None or self._sent_close is not None:
+            return 1.0
+        if self._ping_sent is not None:
+            if self._last_received > self._ping_sent:
+                self._ping_sent = None  # any data proves the client is alive
+            elif timeout is not None and now - self._ping_sent >= timeout:
+                self._ping_sent = float("inf")
+                gevent.spawn(self._keepalive_failed)
+                return 1.0
+            else:
+                return max(0.01, min(1.0, (timeout or 1.0) / 4))
+        if now - self._last_received >= interval:
+            self._ping_sent = now
+            gevent.spawn(self._ping)
+        return max(0.01, min(1.0, interval / 4))
+
+    def _ping(self) -> None:
+        try:
+            self._write(engine.encode_frame(engine.OP_PING, b""))
+        except ConnectionClosed:
+            pass
+
+    def _keepalive_failed(self) -> None:
+        logger.info("closing a websocket: no answer to a ping within %s s", self.ping_timeout)
+        self.close(1011, "keepalive ping timeout")
 
     # The reader greenlet.
 
@@ -437,9 +523,14 @@ class WebSocket:
                             self._handle(event)
                     if parser.closed:
                         return
-                data = recv(RECV_SIZE)
+                try:
+                    data = recv(RECV_SIZE)
+                except TimeoutError:
+                    data = None  # idle past send_timeout: keep waiting
+                    continue
                 if not data:
                     return
+                self._last_received = time.monotonic()
         except OSError:
             pass
         finally:

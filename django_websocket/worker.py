@@ -18,6 +18,8 @@ This is the only module that knows gevent-websocket's server side.
 
 from __future__ import annotations
 
+import logging
+
 import gevent
 from gevent import pywsgi
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker as BaseWorker
@@ -29,7 +31,13 @@ from .conf import settings
 from .exceptions import InvalidHandshake
 from .websocket import CONNECTING, WebSocket, close_all
 
-__all__ = ["WebSocketHandler", "GeventWebSocketWorker"]
+__all__ = ["WebSocketHandler", "GeventWebSocketWorker", "adopt"]
+
+logger = logging.getLogger(__name__)
+
+
+class _HeaderTimeout(TimeoutError):
+    """The client took too long to send its request headers."""
 
 
 class WebSocketHandler(BaseHandler):
@@ -46,6 +54,21 @@ class WebSocketHandler(BaseHandler):
             pywsgi.WSGIHandler.run_application(self)
             return
         self._run_websocket(request)
+
+    def read_requestline(self):
+        # A client gets HANDSHAKE_TIMEOUT seconds to send each of its request
+        # line and headers, and an idle keep-alive connection as long to
+        # start its next request: slow or silent clients don't hold a greenlet.
+        with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
+            return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
+                return super().read_request(raw_requestline)
+        except _HeaderTimeout:
+            # pywsgi answers a ValueError with 400 Bad Request.
+            raise ValueError("request headers not received in time") from None
 
     def _refuse(self, exc: InvalidHandshake) -> None:
         body = exc.reason.encode()
@@ -65,7 +88,11 @@ class WebSocketHandler(BaseHandler):
             max_message_size=settings.MAX_MESSAGE_SIZE,
             max_queue=settings.MAX_QUEUE,
             close_timeout=settings.CLOSE_TIMEOUT,
-            buffered=self._buffered_input(),
+            compression=settings.COMPRESSION,
+            ping_interval=settings.PING_INTERVAL,
+            ping_timeout=settings.PING_TIMEOUT,
+            send_timeout=settings.SEND_TIMEOUT,
+            buffered=_buffered_input(self.socket, self.rfile),
         )
         self.environ[handshake.ENVIRON_KEY] = websocket
         # Whatever happens, this connection carries no further HTTP request.
@@ -76,12 +103,11 @@ class WebSocketHandler(BaseHandler):
                 # Django refused the websocket: send its response as it is.
                 self.process_result()
             else:
-                status_code = self.code
+                status = self._orig_status
                 self._log_as_upgrade()
-                websocket.finish(status_code)
+                websocket.finish(int(status.split(" ", 1)[0]), status)
         except BaseException:
-            if websocket.state is not CONNECTING:
-                websocket.finish(500)
+            websocket.finish(500, "500 Internal Server Error")
             raise
         finally:
             close = getattr(self.result, "close", None)
@@ -89,19 +115,6 @@ class WebSocketHandler(BaseHandler):
             if close is not None:
                 # Django's request_finished signal fires here.
                 close()
-
-    def _buffered_input(self) -> bytes:
-        """Return bytes the client sent behind its handshake, already buffered."""
-        sock = self.socket
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
-        try:
-            data = self.rfile.peek()
-            return self.rfile.read(len(data)) if data else b""
-        except OSError:
-            return b""
-        finally:
-            sock.settimeout(timeout)
 
     def _log_as_upgrade(self) -> None:
         # The access log reports what the client got: the 101, not the
@@ -112,6 +125,66 @@ class WebSocketHandler(BaseHandler):
 
     def log_request(self) -> None:
         pywsgi.WSGIHandler.log_request(self)
+
+
+def _buffered_input(sock, rfile) -> bytes:
+    """Return bytes the client sent behind its handshake, already buffered."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        data = rfile.peek()
+        return rfile.read(len(data)) if data else b""
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+def adopt(environ: dict) -> WebSocket | None:
+    """
+    Take over a connection that stock gevent-websocket already upgraded.
+
+    Under ``-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker`` the
+    101 goes out before Django runs: views still work, but a refusal can only
+    close the websocket (see :meth:`WebSocket.finish`), and Django's
+    ``request_finished`` does not fire. This degraded mode is logged once.
+
+    """
+    stock = environ.get("wsgi.websocket")
+    handler = getattr(stock, "handler", None)
+    if handler is None:
+        return None
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "Websockets are served by the stock geventwebsocket worker, which accepts "
+            "every handshake before Django runs: refusals become close frames. Run "
+            "gunicorn with -k django_websocket.worker.GeventWebSocketWorker instead."
+        )
+    request = handshake.Handshake(
+        key=environ.get("HTTP_SEC_WEBSOCKET_KEY", ""),
+        origin=environ.get("HTTP_ORIGIN"),
+    )
+    websocket = WebSocket(
+        handler.socket,
+        request,
+        max_message_size=settings.MAX_MESSAGE_SIZE,
+        max_queue=settings.MAX_QUEUE,
+        close_timeout=settings.CLOSE_TIMEOUT,
+        compression=False,  # gevent-websocket answered without extensions
+        ping_interval=settings.PING_INTERVAL,
+        ping_timeout=settings.PING_TIMEOUT,
+        send_timeout=settings.SEND_TIMEOUT,
+        buffered=_buffered_input(handler.socket, handler.rfile),
+    )
+    websocket.adopted = True
+    websocket._open(None)
+    environ[handshake.ENVIRON_KEY] = websocket
+    return websocket
+
+
+_warned = False
 
 
 class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):

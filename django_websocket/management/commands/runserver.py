@@ -37,6 +37,15 @@ Add these two lines at the very top of manage.py:
 """
 
 
+class DevelopmentHandler(WebSocketHandler):
+    """Logs requests as Django's development server does."""
+
+    def format_request(self) -> str:
+        length = self.response_length or "-"
+        status = (self._orig_status or "000").split()[0]
+        return f'"{self.requestline}" {status} {length}'
+
+
 class WebSocketServer:
     """
     Stands in for Django's ``WSGIServer`` in runserver.
@@ -72,7 +81,7 @@ class WebSocketServer:
         server = pywsgi.WSGIServer(
             self.socket,
             self.application,
-            handler_class=WebSocketHandler,
+            handler_class=DevelopmentHandler,
             log=log,
             error_log=log,
         )

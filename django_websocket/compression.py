@@ -1,0 +1,186 @@
+"""
+The permessage-deflate extension (RFC 7692), server side.
+
+:func:`negotiate` picks the first offer in a client's
+``Sec-WebSocket-Extensions`` header that the server can honour and returns
+the response header with a :class:`Deflate` for the connection. The parser
+inflates received messages through it, and :func:`~django_websocket.protocol.encode_message`
+compresses the ones the server sends.
+
+zlib contexts are created on first use and dropped when a message ends
+without context takeover, so an idle connection costs no zlib memory.
+
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from .exceptions import ProtocolError
+
+__all__ = ["Deflate", "negotiate", "parse_extensions"]
+
+# The empty stored block that ends every compressed message (RFC 7692 7.2.1).
+_TAIL = b"\x00\x00\xff\xff"
+
+# Window and memory sizes for the server's compressor, and for the client's
+# when the client lets the server choose: 4 KiB windows and memLevel 5 keep
+# a compressing connection around 40 KiB instead of 300 KiB, for most of the
+# compression of the defaults on chat-sized messages.
+SERVER_MAX_WINDOW_BITS = 12
+CLIENT_MAX_WINDOW_BITS = 12
+MEM_LEVEL = 5
+
+
+class Deflate:
+    """
+    The permessage-deflate state of one connection.
+
+    ``*_no_context_takeover`` reset the matching context after every
+    message; ``*_window_bits`` size the LZ77 windows. Messages shorter than
+    ``min_size`` bytes are sent uncompressed, which RFC 7692 allows.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        server_no_context_takeover: bool = False,
+        client_no_context_takeover: bool = False,
+        server_window_bits: int = SERVER_MAX_WINDOW_BITS,
+        client_window_bits: int = 15,
+        min_size: int = 32,
+    ) -> None:
+        self.server_no_context_takeover = server_no_context_takeover
+        self.client_no_context_takeover = client_no_context_takeover
+        self.server_window_bits = server_window_bits
+        self.client_window_bits = client_window_bits
+        self.min_size = min_size
+        self._compressor = None
+        self._decompressor = None
+
+    # Receiving.
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        """Inflate part of a message; at most ``max_length`` bytes unless 0."""
+        if self._decompressor is None:
+            self._decompressor = zlib.decompressobj(-self.client_window_bits)
+        try:
+            return self._decompressor.decompress(data, max_length)
+        except zlib.error as exc:
+            raise ProtocolError(1007, f"invalid compressed data: {exc}") from None
+
+    def end_message(self) -> None:
+        """Forget the context at the end of a message if the client resets it."""
+        if self.client_no_context_takeover or (
+            self._decompressor is not None and self._decompressor.eof
+        ):
+            # A client may also end the deflate stream (BFINAL): start anew.
+            self._decompressor = None
+
+    # Sending.
+
+    def compress(self, data: bytes) -> bytes:
+        """Deflate a whole message, without the tail RFC 7692 removes."""
+        if self._compressor is None:
+            self._compressor = zlib.compressobj(
+                zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.server_window_bits, MEM_LEVEL
+            )
+        compressed = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        if self.server_no_context_takeover:
+            self._compressor = None
+        return compressed[:-4] if compressed.endswith(_TAIL) else compressed
+
+
+def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """
+    Parse a ``Sec-WebSocket-Extensions`` header.
+
+    Returns ``(name, [(parameter, value or None), ...])`` for each offer, in
+    order. Quoted values are unquoted.
+
+    """
+    offers = []
+    for item in header.split(","):
+        parts = [part.strip() for part in item.split(";")]
+        if not parts[0]:
+            continue
+        parameters = []
+        for part in parts[1:]:
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            value = value.strip().strip('"') if _ else None
+            parameters.append((name.strip().lower(), value))
+        offers.append((parts[0].lower(), parameters))
+    return offers
+
+
+def _window_bits(value: str | None) -> int | None:
+    if value is None or not value.isdigit() or not 8 <= int(value) <= 15:
+        return None
+    return int(value)
+
+
+def _accept(parameters: list[tuple[str, str | None]]) -> tuple[str, Deflate] | None:
+    """Answer one permessage-deflate offer, or return None to decline it."""
+    seen = set()
+    server_no_context_takeover = client_no_context_takeover = False
+    server_bits = client_bits = None
+    client_bits_offered = False
+    for name, value in parameters:
+        if name in seen:
+            return None  # RFC 7692 7: a repeated parameter invalidates the offer
+        seen.add(name)
+        if name == "server_no_context_takeover" and value is None:
+            server_no_context_takeover = True
+        elif name == "client_no_context_takeover" and value is None:
+            client_no_context_takeover = True
+        elif name == "server_max_window_bits":
+            server_bits = _window_bits(value)
+            # zlib cannot deflate with an 8-bit window: decline such offers.
+            if server_bits is None or server_bits == 8:
+                return None
+        elif name == "client_max_window_bits":
+            client_bits_offered = True
+            if value is not None:
+                client_bits = _window_bits(value)
+                if client_bits is None:
+                    return None
+        else:
+            return None  # unknown parameter
+    response = ["permessage-deflate"]
+    if server_no_context_takeover:
+        response.append("server_no_context_takeover")
+    if client_no_context_takeover:
+        response.append("client_no_context_takeover")
+    if server_bits is not None:
+        response.append(f"server_max_window_bits={server_bits}")
+    client_window_bits = 15
+    if client_bits_offered:
+        client_window_bits = min(client_bits or 15, CLIENT_MAX_WINDOW_BITS)
+        response.append(f"client_max_window_bits={client_window_bits}")
+    deflate = Deflate(
+        server_no_context_takeover=server_no_context_takeover,
+        client_no_context_takeover=client_no_context_takeover,
+        server_window_bits=min(server_bits or 15, SERVER_MAX_WINDOW_BITS),
+        client_window_bits=client_window_bits,
+    )
+    return "; ".join(response), deflate
+
+
+def negotiate(header: str) -> tuple[str, Deflate] | None:
+    """
+    Accept the first permessage-deflate offer of a client that can be honoured.
+
+    Returns the ``Sec-WebSocket-Extensions`` response value and the
+    :class:`Deflate` of the connection, or :obj:`None` when no offer fits:
+    the connection then runs without compression.
+
+    """
+    for name, parameters in parse_extensions(header):
+        if name == "permessage-deflate":
+            accepted = _accept(parameters)
+            if accepted is not None:
+                return accepted
+    return None
