@@ -220,10 +220,47 @@ class Parser:
         end = len(data)
         while position < end and not self.closed:
             if self._opcode is None:
+                if self._message_opcode is None and not self.failed:
+                    stop = self._read_whole_frame(data, position, end, events)
+                    if stop:
+                        position = stop
+                        continue
                 position = self._read_header(data, position, end, events)
             else:
                 position = self._read_payload(data, position, end, events)
         return events
+
+    def _read_whole_frame(self, data, position: int, end: int, events: list) -> int:
+        """
+        Parse an uncompressed, unfragmented, masked message under 64 KiB that
+        is all in ``data``: the common case, without per-chunk bookkeeping.
+
+        Returns where the frame ends, or 0 to let the general path handle it.
+
+        """
+        first = data[position]
+        if first != 0x81 and first != 0x82 or end - position < 6:
+            return 0
+        size = data[position + 1] ^ 0x80  # 0x80 is the mask bit
+        if size < 126:
+            start = position + 6
+        elif size == 126 and end - position >= 8:
+            size = _unpack_H(data, position + 2)[0]
+            start = position + 8
+        else:
+            return 0  # unmasked, or 64-bit length: the general path decides
+        stop = start + size
+        if stop > end or self.max_size is not None and size > self.max_size:
+            return 0
+        payload = unmask(data[start:stop], data[start - 4 : start])
+        if first == 0x82:
+            events.append(payload)
+        else:
+            try:
+                events.append(payload.decode())
+            except UnicodeDecodeError:
+                return 0
+        return stop
 
     def _read_header(self, data, position: int, end: int, events: list) -> int:
         if end - position < 2:

@@ -75,15 +75,13 @@ def _start_keepalive() -> None:
 def _keepalive_loop() -> None:
     # One greenlet for the whole process, not one per connection: it wakes
     # up often enough for the shortest interval and spawns only what must
-    # wait on a socket.
-    while _open_websockets:
-        websockets = list(_open_websockets)
+    # wait on a socket. It ends with the last connection.
+    while True:
         now = time.monotonic()
-        tick = 1.0
-        for websocket in websockets:
-            tick = min(tick, websocket._check_alive(now))
-        del websockets, websocket
-        gevent.sleep(tick)
+        ticks = [websocket._check_alive(now) for websocket in list(_open_websockets)]
+        if not ticks:
+            return
+        gevent.sleep(min(ticks))
 
 
 class WebSocket:
@@ -204,13 +202,19 @@ class WebSocket:
             negotiated = engine.negotiate(self._handshake.extensions)
             if negotiated is not None:
                 extensions, self._deflate = negotiated
-        self._sock.sendall(
-            handshake_module.accept_response(self._handshake, protocol, extensions)
-        )
+        response = handshake_module.accept_response(self._handshake, protocol, extensions)
+        try:
+            self._sock.sendall(response)
+        except OSError:
+            # The client is gone: the reader finds the connection lost, and
+            # the view sees it as it would see any closed connection.
+            pass
         self._open(protocol)
 
     def _open(self, protocol: str | None) -> None:
         """Start the connection once the 101 is written."""
+        if self.state is not CONNECTING:
+            return
         self.protocol = protocol
         self.state = OPEN
         self._parser = engine.Parser(self.max_message_size, self._deflate)
