@@ -23,7 +23,7 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 def check_installed_apps(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """Warn when another app's runserver command shadows ours."""
     names = [config.name for config in apps.get_app_configs()]
-    if "django.contrib.staticfiles" in names:
+    if "django.contrib.staticfiles" in names and "django_websocket" in names:
         if names.index("django.contrib.staticfiles") < names.index("django_websocket"):
             return [
                 checks.Warning(

@@ -50,7 +50,7 @@ def _validate(name: str, value):
         if not isinstance(value, bool):
             raise ImproperlyConfigured(f"WEBSOCKET_{name} must be True or False; got {value!r}.")
     elif name == "ALLOWED_ORIGINS":
-        if isinstance(value, str) or not all(isinstance(entry, str) for entry in value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(e, str) for e in value):
             raise ImproperlyConfigured(
                 "WEBSOCKET_ALLOWED_ORIGINS must be a list of origins such as "
                 f'["https://example.com"]; got {value!r}.'

@@ -301,6 +301,8 @@ class Parser:
     def _check_header(self, first: int, second: int, opcode: int, size: int) -> None:
         if not second & 0x80:
             raise ProtocolError(1002, "client frames must be masked")
+        if size >= 1 << 63:
+            raise ProtocolError(1002, "the most significant bit of a 64-bit length must be 0")
         if opcode in CONTROL_OPCODES:
             if first & 0x70:
                 raise ProtocolError(1002, "reserved bits must be 0 in control frames")
@@ -428,20 +430,23 @@ class Parser:
 
     def _close(self, payload: bytes, events: list) -> None:
         self.closed = True
-        code = _unpack_H(payload)[0] if len(payload) >= 2 else 1005
-        if not self.failed:
-            if len(payload) == 1:
+        if len(payload) < 2:
+            if len(payload) == 1 and not self.failed:
                 raise ProtocolError(1002, "close frame with a 1-byte payload")
-            if code != 1005 and not check_close_code(code):
-                raise ProtocolError(1002, f"invalid close code {code}")
-            try:
-                reason = payload[2:].decode()
-            except UnicodeDecodeError:
-                raise ProtocolError(1007, "invalid UTF-8 in a close reason") from None
-        else:
+            events.append(Close(1005, ""))
+            return
+        code = _unpack_H(payload)[0]
+        if self.failed:
             # The connection is being failed: the close frame ends it,
             # whatever it says.
-            reason = ""
+            events.append(Close(code, ""))
+            return
+        if not check_close_code(code):
+            raise ProtocolError(1002, f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "invalid UTF-8 in a close reason") from None
         events.append(Close(code, reason))
 
     def _fail(self, exc: ProtocolError, events: list) -> None:
