@@ -12,15 +12,10 @@ WebSockets for ordinary, synchronous Django views, served over WSGI by gevent.
 
 """
 
-from .decorators import accept_websocket, require_websocket
-from .exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidState,
-    ProtocolError,
-    WebSocketError,
-)
-from .websocket import WebSocket
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -34,3 +29,43 @@ __all__ = [
     "InvalidState",
     "ProtocolError",
 ]
+
+# Names are imported on first use: gunicorn imports django_websocket.worker
+# in its master process, before gevent patches the standard library, and
+# importing django.http there would create Django's database connection
+# handler on unpatched threads, shared by every greenlet of every worker.
+_SUBMODULES = {
+    "accept_websocket": "decorators",
+    "require_websocket": "decorators",
+    "WebSocket": "websocket",
+    "WebSocketError": "exceptions",
+    "ConnectionClosed": "exceptions",
+    "InvalidHandshake": "exceptions",
+    "InvalidState": "exceptions",
+    "ProtocolError": "exceptions",
+}
+
+if TYPE_CHECKING:
+    from .decorators import accept_websocket, require_websocket
+    from .exceptions import (
+        ConnectionClosed,
+        InvalidHandshake,
+        InvalidState,
+        ProtocolError,
+        WebSocketError,
+    )
+    from .websocket import WebSocket
+
+
+def __getattr__(name: str):
+    try:
+        submodule = _SUBMODULES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from django.conf import settings as django_settings
-from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 
 from . import handshake
@@ -80,7 +79,7 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
             f"WebSocket connections from the origin {origin} are not allowed.",
             content_type="text/plain",
         )
-    websocket.default_protocol = handshake.select_protocol(websocket.protocols, options.protocols)
+    websocket.protocol = handshake.select_protocol(websocket.protocols, options.protocols)
     return None
 
 
@@ -113,6 +112,11 @@ def serve(request: HttpRequest, view: Callable, args, kwargs, options: Options) 
 
 def _atomic_requests(view: Callable) -> Callable:
     # What Django's make_view_atomic() does for views it runs itself.
+    # django.db is imported here, not at the top: gunicorn imports the worker,
+    # hence this module, before gevent patches threading, and Django's
+    # connection handler must be created after that patch.
+    from django.db import connections, transaction
+
     skipped = getattr(view, "_non_atomic_requests", ())
     for alias, settings_dict in connections.settings.items():
         if settings_dict["ATOMIC_REQUESTS"] and alias not in skipped:

@@ -53,9 +53,9 @@ def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
     """
     Start closing every open websocket of this process with ``code``.
 
-    The views see :meth:`WebSocket.wait` return :obj:`None` once the client
-    answers, or after the close timeout, and can clean up. Used by the worker
-    on graceful shutdown.
+    The views see :meth:`WebSocket.wait` return :obj:`None` as soon as the
+    close frame is sent, and can clean up while the closing handshake ends.
+    Used by the worker on graceful shutdown.
 
     """
     for websocket in list(_open_websockets):
@@ -135,13 +135,13 @@ class WebSocket:
         self.send_timeout = send_timeout
         self._last_received = 0.0
         self._ping_sent: float | None = None
-        #: The subprotocol :meth:`accept` answers with when given none.
-        self.default_protocol: str | None = None
         # True when a stock gevent-websocket handler answered the handshake.
         self.adopted = False
         #: ``"CONNECTING"``, ``"OPEN"`` or ``"CLOSED"``.
         self.state = CONNECTING
-        #: The subprotocol agreed on in the handshake, or :obj:`None`.
+        #: The subprotocol of the connection, or :obj:`None`. Before the
+        #: handshake is accepted, the one it will answer with: the
+        #: decorators choose it from their ``protocols`` option.
         self.protocol: str | None = None
         #: The close code the client sent; ``1005`` if its close frame had
         #: none, ``1006`` if the connection dropped without one; :obj:`None`
@@ -180,7 +180,7 @@ class WebSocket:
         Accept the handshake: write ``101 Switching Protocols``.
 
         Set ``protocol`` to the subprotocol to answer with; it must be one
-        the client offered. By default, :attr:`default_protocol` is used: the
+        the client offered. By default, :attr:`protocol` is kept: the
         decorators set it from their ``protocols`` option.
 
         Every other method accepts the handshake on first use, so calling
@@ -194,7 +194,7 @@ class WebSocket:
         if self.state is not CONNECTING:
             raise InvalidState('Cannot call "accept" once the handshake is complete.')
         if protocol is None:
-            protocol = self.default_protocol
+            protocol = self.protocol
         elif protocol not in self._handshake.protocols:
             raise ValueError(f"The client did not offer the subprotocol {protocol!r}.")
         extensions = None

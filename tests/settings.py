@@ -1,5 +1,7 @@
 """Settings for the test suite: a small project with the whole stack of startproject."""
 
+import os
+
 SECRET_KEY = "not a secret: tests only"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
@@ -31,7 +33,8 @@ WSGI_APPLICATION = "tests.wsgi.application"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": ":memory:",
+        # Servers started by the integration tests share a migrated file.
+        "NAME": os.environ.get("WEBSOCKET_TEST_DATABASE", ":memory:"),
     }
 }
 

@@ -16,4 +16,9 @@ urlpatterns = [
     path("whoami/", views.whoami),
     path("login/", views.login),
     path("finished/", views.finished),
+    path("finished-status/", views.finished_status),
+    path("sleep/", views.sleep),
+    path("flood/", views.flood),
+    path("shutdown/", views.shutdown),
+    path("refuse-with-cookie/", views.refuse_with_cookie),
 ]

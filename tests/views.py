@@ -1,10 +1,15 @@
 """Views the integration tests talk to through a real server."""
 
+import os
+import time
+from pathlib import Path
+
 import gevent
 from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
 from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpResponse, HttpResponseForbidden
 
 from django_websocket import accept_websocket, require_websocket
@@ -66,6 +71,10 @@ def queue(request):
     while websocket.has_messages():
         messages.append(websocket.read())
     websocket.send("read=" + ",".join(messages))
+    websocket.send(
+        f"drained: read={websocket.read('nothing')} count={websocket.count_messages()} "
+        f"has={websocket.has_messages()}"
+    )
 
 
 @require_websocket
@@ -106,17 +115,86 @@ def login(request):
     return HttpResponse("logged in")
 
 
-FINISHED = []
-
-
-def _record_finished(sender, **kwargs):
-    FINISHED.append(sender)
+# request_finished runs in the greenlet that served the request: it finds
+# the token of a finished() view there.
+_finished_tokens = {}
+FINISHED = {}
 
 
 @require_websocket
 def finished(request):
-    """Tell whether request_finished fired for this view's previous connection."""
-    request_finished.connect(_record_finished, dispatch_uid="tests.finished")
-    request.websocket.send(f"finished={len(FINISHED)}")
+    """Echo; /finished-status/ tells whether request_finished fired after this view returned."""
+    token = request.GET["token"]
+    FINISHED[token] = "running"
+    _finished_tokens[gevent.getcurrent()] = token
+    try:
+        for message in request.websocket:
+            request.websocket.send(message)
+    finally:
+        FINISHED[token] = "returned"
+
+
+@receiver(request_finished)
+def _record_finished(sender, **kwargs):
+    token = _finished_tokens.pop(gevent.getcurrent(), None)
+    if token is not None:
+        FINISHED[token] = f"request_finished after the view {FINISHED[token]}"
+
+
+def finished_status(request):
+    return HttpResponse(FINISHED.get(request.GET["token"], "unknown"))
+
+
+@require_websocket
+def sleep(request):
+    """Accept, then block in time.sleep before echoing: monkey-patching makes it cooperative."""
+    request.websocket.accept()
+    time.sleep(float(request.GET["seconds"]))
+    request.websocket.send("awake")
     for message in request.websocket:
         request.websocket.send(message)
+
+
+@require_websocket
+def flood(request):
+    """Send large messages from several greenlets at once while echoing."""
+    websocket = request.websocket
+    size = int(request.GET["size"])
+    count = int(request.GET["count"])
+
+    def send_all(name):
+        for number in range(count):
+            websocket.send(f"{name} {number} ".ljust(size, name))
+        websocket.send(f"{name} {count} ".encode().ljust(size, b"\xff"))
+
+    greenlets = [gevent.spawn(send_all, name) for name in "abcd"]
+    try:
+        for message in websocket:
+            websocket.send(message)
+    finally:
+        gevent.killall(greenlets)
+
+
+@require_websocket
+def shutdown(request):
+    """Write how the view ended in $WEBSOCKET_TEST_CLEANUP_DIR/<name>."""
+    websocket = request.websocket
+    websocket.send("ready")
+    outcome = "raised"
+    try:
+        if request.GET.get("how") == "wait":
+            outcome = f"wait() returned {websocket.wait()!r}"
+        else:
+            for message in websocket:
+                pass
+            outcome = "iteration ended"
+    finally:
+        path = Path(os.environ["WEBSOCKET_TEST_CLEANUP_DIR"], request.GET["name"])
+        path.write_text(outcome)
+
+
+@require_websocket
+def refuse_with_cookie(request):
+    response = HttpResponseForbidden("no entry")
+    response.set_cookie("refused", "yes")
+    return response

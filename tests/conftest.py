@@ -1,0 +1,54 @@
+"""Fixtures for the integration tests: real servers, stopped when done, logs shown on failure."""
+
+import pytest
+
+from . import servers
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory):
+    """A migrated SQLite file for servers that use sessions and users."""
+    path = tmp_path_factory.mktemp("database") / "db.sqlite3"
+    servers.migrate(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """gunicorn with GeventWebSocketWorker, shared by the tests that cannot disturb each other."""
+    server = servers.start_gunicorn(tmp_path_factory.mktemp("gunicorn") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def db_server(database, tmp_path):
+    """Like ``server``, with a database for sessions and users, for one test."""
+    env = servers.server_env(WEBSOCKET_TEST_DATABASE=str(database))
+    server = servers.start_gunicorn(tmp_path / "server.log", env=env)
+    yield server
+    server.stop()
+
+
+_log_offsets = pytest.StashKey[dict]()
+_SERVER_FIXTURES = frozenset(["server", "db_server", "runserver"])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    item.stash[_log_offsets] = {server: server.log_bytes() for server in servers.RUNNING}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        # Show what the servers this test used logged during the test.
+        uses_fixture = not _SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+        offsets = item.stash.get(_log_offsets, {}) if call.when == "call" else {}
+        for server in servers.RUNNING:
+            log = server.log(offsets.get(server, 0))
+            if log or uses_fixture:
+                what = "during the test" if call.when == "call" else "since it started"
+                report.sections.append((f"{server!r} log {what}", log or "(nothing)"))
+    return report

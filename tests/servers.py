@@ -1,0 +1,351 @@
+"""
+Real servers for the integration tests, and the small clients that probe them.
+
+Each server runs in a process of its own, in a session of its own (so that
+stopping it also stops the children it forked), on a port the system picked,
+with its stdout and stderr captured in a file: a failing test shows what the
+server logged (see ``conftest.py``).
+
+Every wait is expressed in :data:`TIMEOUT`; set ``WEBSOCKET_TEST_TIMEOUT`` to
+scale them all on a slow machine.
+
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gunicorn.config
+from websockets.sync.client import connect as websockets_connect
+
+__all__ = [
+    "TIMEOUT",
+    "ROOT",
+    "Server",
+    "Response",
+    "server_env",
+    "start_gunicorn",
+    "start_runserver",
+    "migrate",
+    "http_get",
+    "raw_request",
+    "upgrade_request",
+    "connect",
+    "poll",
+]
+
+#: The time unit of the integration tests, in seconds.
+TIMEOUT = float(os.environ.get("WEBSOCKET_TEST_TIMEOUT", "5"))
+
+#: The repository: servers run from here, as ``tests.*`` must be importable.
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Servers started and not stopped yet; conftest.py shows their logs on failure.
+RUNNING: list[Server] = []
+
+# A key that is the base64 encoding of 16 bytes, from RFC 6455 section 1.3.
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def poll(check, timeout: float = TIMEOUT, interval: float = TIMEOUT / 100):
+    """Call ``check`` until it returns a true value or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+class Server:
+    """A server process, where to reach it, and what it logged."""
+
+    def __init__(self, process: subprocess.Popen, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.port: int | None = None
+        RUNNING.append(self)
+
+    def __repr__(self) -> str:
+        return f"<Server pid={self.process.pid} port={self.port}>"
+
+    @property
+    def host(self) -> str:
+        """The ``Host`` header clients send."""
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}{path}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://{self.host}{path}"
+
+    # The log.
+
+    def log_bytes(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log(self, start: int = 0) -> str:
+        """Return what the server wrote to stdout and stderr, from byte ``start``."""
+        with open(self.log_path, "rb") as log:
+            log.seek(start)
+            return log.read().decode(errors="replace")
+
+    def wait_for_log(
+        self, pattern: str, start: int = 0, timeout: float = TIMEOUT
+    ) -> re.Match | None:
+        """Wait until the log matches the regular expression ``pattern``; return the match."""
+        return poll(lambda: re.search(pattern, self.log(start)), timeout)
+
+    # The process.
+
+    def wait_until_ready(self, timeout: float = 2 * TIMEOUT) -> None:
+        """
+        Wait until the server answers an HTTP request.
+
+        Raises:
+            RuntimeError: the server exited or did not answer in time; the
+                message includes its log.
+
+        """
+        deadline = time.monotonic() + timeout
+        error = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self} exited with {self.process.returncode}:\n{self.log()}"
+                )
+            if self.port is not None:
+                try:
+                    http_get(self, "/plain/", timeout=TIMEOUT / 5)
+                except OSError as exc:
+                    error = exc
+                else:
+                    return
+            time.sleep(TIMEOUT / 100)
+        raise RuntimeError(f"{self} not ready within {timeout} s ({error!r}):\n{self.log()}")
+
+    def signal_group(self, signum: int) -> None:
+        # The server is the leader of its own session and process group.
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> int:
+        """Stop the server and every process it started; return its exit status."""
+        try:
+            if self.process.poll() is None:
+                # SIGINT: gunicorn's quick shutdown, KeyboardInterrupt in runserver.
+                self.signal_group(signal.SIGINT)
+                try:
+                    self.process.wait(2 * TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.signal_group(signal.SIGKILL)
+                    self.process.wait(TIMEOUT)
+            # A child that outlived its parent (the autoreloader's server).
+            self.signal_group(signal.SIGKILL)
+        finally:
+            if self in RUNNING:
+                RUNNING.remove(self)
+        return self.process.returncode
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """Return the environment of a server process, with ``extra`` variables."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"  # the log is a file: see lines as they come
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings_server"
+    env.update(extra)
+    return env
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str], pass_fds=()) -> Server:
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            start_new_session=True,
+        )
+    return Server(process, log_path)
+
+
+# gunicorn 24+ listens on a control socket at a fixed path, which two
+# servers running at once would share.
+_NO_CONTROL_SOCKET = (
+    ["--no-control-socket"] if hasattr(gunicorn.config, "ControlSocketDisable") else []
+)
+
+
+def start_gunicorn(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """
+    Start gunicorn with our worker on a socket bound to port 0.
+
+    ``args`` are extra gunicorn options. The access log goes to the log too.
+
+    """
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    with listener:
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", "django_websocket.worker.GeventWebSocketWorker",
+            "--bind", f"fd://{listener.fileno()}",
+            "--access-logfile", "-",
+            *_NO_CONTROL_SOCKET,
+            *args,
+            "tests.wsgi",
+        ]
+        server = _spawn(command, log_path, env or server_env(), pass_fds=[listener.fileno()])
+        server.port = listener.getsockname()[1]
+    # Our copy of the listener is closed: if gunicorn dies, clients get
+    # "connection refused" at once instead of waiting in the backlog.
+    try:
+        server.wait_until_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+BANNER = re.compile(r"Starting development server at http://127\.0\.0\.1:(\d+)/")
+
+
+def start_runserver(
+    log_path: Path, *args: str, manage: bool = True, env: dict[str, str] | None = None
+) -> Server:
+    """
+    Start ``runserver 127.0.0.1:0`` and read the port it bound from its banner.
+
+    With ``manage``, run ``tests/manage.py``, which monkey-patches first as
+    the documentation asks; otherwise ``python -m django``, which does not.
+
+    """
+    program = ["tests/manage.py"] if manage else ["-m", "django"]
+    command = [sys.executable, *program, "runserver", "127.0.0.1:0", *args]
+    server = _spawn(command, log_path, env or server_env())
+    try:
+        match = poll(lambda: BANNER.search(server.log()) or server.process.poll() is not None,
+                     2 * TIMEOUT)
+        if not isinstance(match, re.Match):
+            raise RuntimeError(f"{server} printed no banner:\n{server.log()}")
+        server.port = int(match.group(1))
+        server.wait_until_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def migrate(database: Path) -> None:
+    """Create the tables of the test project in the SQLite file ``database``."""
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--no-input", "--verbosity", "0"],
+        cwd=ROOT,
+        env=server_env(WEBSOCKET_TEST_DATABASE=str(database)),
+        check=True,
+        capture_output=True,
+        timeout=6 * TIMEOUT,
+    )
+
+
+# Clients.
+
+
+@dataclass
+class Response:
+    """An HTTP response as the client received it."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {dict(self.headers)} {self.body[:200]!r}>"
+
+
+def http_get(server: Server, path: str, headers: dict[str, str] | None = None,
+             timeout: float = TIMEOUT) -> Response:
+    """Make a plain HTTP GET request."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return Response(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def raw_request(server: Server, request: bytes, timeout: float = TIMEOUT) -> Response:
+    """
+    Send ``request`` as it is and read the response.
+
+    A ``101`` has no body: the connection is closed right after its headers.
+
+    """
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock, method="GET")
+        try:
+            response.begin()
+            body = response.read() if response.status != 101 else b""
+        finally:
+            response.close()
+        return Response(response.status, response.headers, body)
+
+
+def upgrade_request(
+    path: str,
+    host: str,
+    *,
+    method: str = "GET",
+    version: str = "HTTP/1.1",
+    **headers: str | None,
+) -> bytes:
+    """
+    Build a valid opening handshake, then change it.
+
+    Header names are keyword arguments with underscores for dashes
+    (``Sec_WebSocket_Key=...``); :obj:`None` removes the header.
+
+    """
+    fields = {
+        "Host": host,
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    for name, value in headers.items():
+        name = name.replace("_", "-")
+        for known in list(fields):
+            if known.lower() == name.lower():
+                del fields[known]
+        if value is not None:
+            fields[name] = value
+    lines = [f"{method} {path} {version}", *(f"{name}: {value}" for name, value in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def connect(server: Server, path: str, **kwargs):
+    """Open a websocket with the websockets sync client; raise InvalidStatus if refused."""
+    kwargs.setdefault("open_timeout", TIMEOUT)
+    kwargs.setdefault("close_timeout", TIMEOUT)
+    return websockets_connect(server.ws_url(path), proxy=None, **kwargs)

@@ -1,0 +1,541 @@
+"""
+Integration tests: gunicorn with GeventWebSocketWorker, real clients, real sockets.
+
+Most tests share one server (the ``server`` fixture in conftest.py); those
+that stop a server start their own. Every test asserts what a client or an
+operator observes: messages, close codes, HTTP responses, logs.
+
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+import websocket as websocket_client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .servers import (
+    TIMEOUT,
+    connect,
+    http_get,
+    poll,
+    raw_request,
+    server_env,
+    start_gunicorn,
+    upgrade_request,
+)
+
+
+def close_of(ws):
+    """Wait for the server to close ``ws``; return the code and reason it sent."""
+    with pytest.raises(ConnectionClosed) as exc_info:
+        message = ws.recv(TIMEOUT)
+        pytest.fail(f"expected the connection to close, got {message!r}")
+    received = exc_info.value.rcvd
+    assert received is not None, f"no close frame from the server: {exc_info.value}"
+    return received.code, received.reason
+
+
+def refusal(server, path, **kwargs):
+    """Try to open a websocket that the server must refuse; return its HTTP response."""
+    with pytest.raises(InvalidStatus) as exc_info:
+        with connect(server, path, **kwargs) as ws:
+            pytest.fail(f"the server accepted the websocket ({ws.response.status_code})")
+    return exc_info.value.response
+
+
+def masked_frame(opcode, payload):
+    """Build a final client frame: masked, shorter than 126 bytes."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def assert_middleware_headers(headers):
+    """Responses went through Django's middleware: SecurityMiddleware, XFrameOptionsMiddleware."""
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+# Messages.
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "hello",
+        b"\x00\x01\xfe\xff",
+        "",
+        b"",
+        "héllo wörld ✓ " * 36_000,  # ~500 KB of UTF-8
+        os.urandom(500_000),
+    ],
+    ids=["text", "binary", "empty text", "empty binary", "500 KB text", "500 KB binary"],
+)
+def test_echo(server, message):
+    with connect(server, "/echo/") as ws:
+        ws.send(message)
+        assert ws.recv(TIMEOUT) == message
+
+
+def test_echo_many_messages_in_order(server):
+    with connect(server, "/echo/") as ws:
+        for number in range(100):
+            ws.send(f"message {number}")
+        assert [ws.recv(TIMEOUT) for _ in range(100)] == [f"message {n}" for n in range(100)]
+
+
+def test_client_close_ends_iteration_and_completes_handshake(server):
+    token = uuid.uuid4().hex
+    with connect(server, f"/finished/?token={token}") as ws:
+        ws.send("ping")
+        assert ws.recv(TIMEOUT) == "ping"
+        start = time.monotonic()
+        ws.close(4000, "done")
+        # The server echoes the client's code and closes TCP without waiting for a timeout.
+        assert ws.protocol.close_rcvd.code == 4000
+        assert time.monotonic() - start < TIMEOUT / 2
+    status = poll(lambda: http_get(server, f"/finished-status/?token={token}").body != b"running")
+    assert status, "the view still iterates after the client closed"
+
+
+def test_abrupt_disconnect_ends_view(server):
+    # The client drops TCP without a close frame: iteration ends all the same.
+    token = uuid.uuid4().hex
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(f"/finished/?token={token}", server.host))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        assert http_get(server, f"/finished-status/?token={token}").body == b"running"
+    expected = b"request_finished after the view returned"
+    status = poll(lambda: http_get(server, f"/finished-status/?token={token}").body == expected)
+    assert status, http_get(server, f"/finished-status/?token={token}").body
+
+
+def test_frames_sent_right_behind_the_handshake(server):
+    # A client may send frames without waiting for the 101.
+    frames = masked_frame(0x1, b"first") + masked_frame(0x2, b"second")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/echo/", server.host) + frames)
+        data = b""
+        expected = b"\x81\x05first\x82\x06second"
+        while not data.endswith(expected) and (chunk := sock.recv(4096)):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    assert data.endswith(b"\r\n\r\n" + expected), data
+
+
+def test_message_over_size_limit_closes_with_1009(server):
+    with connect(server, "/echo/", max_size=None) as ws:
+        ws.send(b"x" * (1024 * 1024 + 1))
+        assert close_of(ws)[0] == 1009
+
+
+# Close codes.
+
+
+def test_view_returns_closes_with_1000(server):
+    with connect(server, "/accept/") as ws:
+        assert ws.recv(TIMEOUT) == "websocket"
+        assert close_of(ws) == (1000, "")
+
+
+def test_view_closes_with_custom_code_and_reason(server):
+    with connect(server, "/close/?code=4001&reason=bye") as ws:
+        assert close_of(ws) == (4001, "bye")
+
+
+def test_view_raises_closes_with_1011_and_logs_traceback(server):
+    start = server.log_bytes()
+    with connect(server, "/fail/") as ws:
+        assert ws.recv(TIMEOUT) == "about to fail"
+        code, _ = close_of(ws)
+        assert code == 1011
+    match = server.wait_for_log(r"RuntimeError: the view failed", start)
+    log = server.log(start)
+    assert match, f"no traceback in the server log:\n{log}"
+    assert "Internal Server Error: /fail/" in log
+    assert "Traceback (most recent call last)" in log
+
+
+# Refusals are real HTTP responses, through the middleware.
+
+
+def test_upgrade_to_plain_view_is_refused_with_400(server):
+    response = refusal(server, "/plain/")
+    assert response.status_code == 400
+    assert b"does not accept WebSocket" in response.body
+    assert_middleware_headers(response.headers)
+
+
+def test_plain_http_to_require_websocket_view_gets_400(server):
+    response = http_get(server, "/echo/")
+    assert response.status == 400
+    assert b"only accepts WebSocket" in response.body
+    assert_middleware_headers(response.headers)
+
+
+def test_upgrade_to_unknown_url_gets_404(server):
+    response = refusal(server, "/no-such-url/")
+    assert response.status_code == 404
+    assert_middleware_headers(response.headers)
+
+
+def test_login_required_redirects_to_login(server):
+    # A raw request: the websockets client would follow the redirect.
+    response = raw_request(server, upgrade_request("/login-required/", server.host))
+    assert response.status == 302, response
+    assert response.headers["Location"] == "/accounts/login/?next=/login-required/"
+    assert_middleware_headers(response.headers)
+
+
+def test_view_refuses_with_403_before_using_websocket(server):
+    response = refusal(server, "/refuse/")
+    assert response.status_code == 403
+    assert response.body == b"bad token"
+    assert_middleware_headers(response.headers)
+    with connect(server, "/refuse/?token=secret") as ws:
+        assert ws.recv(TIMEOUT) == "welcome"
+
+
+def test_refusal_sets_cookies(server):
+    response = refusal(server, "/refuse-with-cookie/")
+    assert response.status_code == 403
+    assert response.body == b"no entry"
+    assert "refused=yes" in response.headers["Set-Cookie"]
+
+
+def test_refusal_closes_connection(server):
+    # Frames a client sent right behind its handshake must not be read as HTTP.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/plain/", server.host))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 "), data
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "http://127.0.0.1:1", "null", "http://trusted.example"],
+    ids=["other site", "other port", "null", "trusted host, other scheme"],
+)
+def test_origin_refused(server, origin):
+    response = refusal(server, "/echo/", origin=origin)
+    assert response.status_code == 403
+    assert origin.encode() in response.body
+    assert_middleware_headers(response.headers)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        None,
+        "same host",
+        "http://allowed.example",  # WEBSOCKET_ALLOWED_ORIGINS
+        "https://trusted.example",  # CSRF_TRUSTED_ORIGINS
+        "https://chat.wild.example",  # CSRF_TRUSTED_ORIGINS: https://*.wild.example
+    ],
+    ids=["no origin", "same host", "allowed", "csrf trusted", "csrf trusted subdomain"],
+)
+def test_origin_accepted(server, origin):
+    if origin == "same host":
+        origin = f"http://{server.host}"
+    with connect(server, "/echo/", origin=origin) as ws:
+        ws.send("hello")
+        assert ws.recv(TIMEOUT) == "hello"
+
+
+# Malformed handshakes get 400 or 426 before Django runs.
+
+
+@pytest.mark.parametrize(
+    "changes, mentions",
+    [
+        ({"Sec_WebSocket_Key": None}, b"Sec-WebSocket-Key"),
+        ({"Sec_WebSocket_Key": "not base64!"}, b"Sec-WebSocket-Key"),
+        ({"Sec_WebSocket_Key": "AAAAAAAAAAAAAAAAAAAA"}, b"Sec-WebSocket-Key"),  # 15 bytes
+        ({"Sec_WebSocket_Key": "AAAAAAAAAAAAAAAAAAAAAAAA"}, b"Sec-WebSocket-Key"),  # 18 bytes
+        ({"Connection": "keep-alive"}, b"Connection"),
+        ({"Connection": None}, b"Connection"),
+        ({"method": "POST", "Content_Length": "0"}, b"GET"),
+        ({"version": "HTTP/1.0"}, b"HTTP/1.1"),
+    ],
+    ids=[
+        "no key",
+        "key not base64",
+        "key of 15 bytes",
+        "key of 18 bytes",
+        "connection without upgrade",
+        "no connection",
+        "POST",
+        "HTTP/1.0",
+    ],
+)
+def test_malformed_handshake_gets_400_with_reason(server, changes, mentions):
+    response = raw_request(server, upgrade_request("/echo/", server.host, **changes))
+    assert response.status == 400, response
+    assert mentions in response.body, response
+
+
+@pytest.mark.parametrize("version", ["8", None, "14"], ids=["8", "missing", "14"])
+def test_unsupported_version_gets_426(server, version):
+    response = raw_request(
+        server, upgrade_request("/echo/", server.host, Sec_WebSocket_Version=version)
+    )
+    assert response.status == 426, response
+    assert response.headers["Sec-WebSocket-Version"] == "13"
+    assert response.body, response
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"Connection": "keep-alive, Upgrade"},
+        {"Connection": "UPGRADE"},
+        {"Upgrade": "WebSocket"},
+        {"Upgrade": "websocket, foo/1"},
+    ],
+    ids=["connection list", "connection uppercase", "upgrade mixed case", "upgrade list"],
+)
+def test_header_tokens_are_case_insensitive_lists(server, changes):
+    response = raw_request(server, upgrade_request("/echo/", server.host, **changes))
+    assert response.status == 101, response
+    assert response.headers["Upgrade"].lower() == "websocket"
+    assert response.headers["Sec-WebSocket-Accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# Subprotocols.
+
+
+@pytest.mark.parametrize(
+    "offered, selected",
+    [
+        ("chat.v1, chat.v2", "chat.v2"),
+        ("chat.v1", "chat.v1"),
+        ("chat", None),
+        (None, None),
+    ],
+    ids=["both: server preference", "v1 only", "substring", "none offered"],
+)
+def test_subprotocol_header(server, offered, selected):
+    response = raw_request(
+        server, upgrade_request("/chat/", server.host, Sec_WebSocket_Protocol=offered)
+    )
+    assert response.status == 101, response
+    assert response.headers.get("Sec-WebSocket-Protocol") == selected
+
+
+@pytest.mark.parametrize(
+    "offered, selected",
+    [(["chat.v1", "chat.v2"], "chat.v2"), (["chat.v1"], "chat.v1"), (["chat"], None), (None, None)],
+    ids=["both: server preference", "v1 only", "substring", "none offered"],
+)
+def test_subprotocol_seen_by_view(server, offered, selected):
+    with connect(server, "/chat/", subprotocols=offered) as ws:
+        assert ws.subprotocol == selected
+        assert ws.recv(TIMEOUT) == f"protocol={selected}"
+
+
+# accept_websocket, request.is_websocket().
+
+
+def test_accept_websocket_answers_plain_http(server):
+    response = http_get(server, "/accept/")
+    assert response.status == 200
+    assert response.body == b"plain HTTP"
+
+
+def test_accept_websocket_answers_websocket(server):
+    with connect(server, "/accept/") as ws:
+        assert ws.recv(TIMEOUT) == "websocket"
+
+
+# read(), count_messages(), has_messages().
+
+
+def test_read_count_has_messages(server):
+    with connect(server, "/queue/") as ws:
+        assert ws.recv(TIMEOUT) == "empty: read=nothing count=0"
+        for message in ["go", "1", "2", "3"]:
+            ws.send(message)
+        assert ws.recv(TIMEOUT) == "count=3 has=True"
+        assert ws.recv(TIMEOUT) == "read=1,2,3"
+        assert ws.recv(TIMEOUT) == "drained: read=nothing count=0 has=False"
+        assert close_of(ws) == (1000, "")
+
+
+# Sends from other greenlets.
+
+
+def test_send_from_second_greenlet(server):
+    with connect(server, "/greenlet-send/") as ws:
+        for message in "abc":
+            ws.send(message)
+        received = [ws.recv(TIMEOUT) for _ in range(6)]
+    assert [m for m in received if m.startswith("tick")] == ["tick 0", "tick 1", "tick 2"]
+    assert [m for m in received if m.startswith("echo")] == ["echo a", "echo b", "echo c"]
+
+
+def test_concurrent_large_sends_do_not_corrupt_frames(server):
+    # Four greenlets each send large text messages and a binary one, while the
+    # view echoes large binary messages: every message arrives whole.
+    size, count = 100_000, 5
+    echoes = [b"echo %d " % number + os.urandom(size) for number in range(5)]
+    with connect(server, f"/flood/?size={size}&count={count}") as ws:
+        for message in echoes:
+            ws.send(message)
+        received = [ws.recv(TIMEOUT) for _ in range(4 * (count + 1) + len(echoes))]
+    for name in "abcd":
+        assert [m for m in received if isinstance(m, str) and m.startswith(name)] == [
+            f"{name} {number} ".ljust(size, name) for number in range(count)
+        ]
+        assert [m for m in received if isinstance(m, bytes) and m.startswith(name.encode())] == [
+            f"{name} {count} ".encode().ljust(size, b"\xff")
+        ]
+    assert [m for m in received if isinstance(m, bytes) and m.startswith(b"echo")] == echoes
+
+
+# Sessions and users.
+
+
+def test_successive_requests_use_the_database(db_server):
+    # Each request runs in a greenlet of its own, with its own connection.
+    for username in ["bob", "carol"]:
+        response = http_get(db_server, f"/login/?username={username}")
+        assert response.status == 200, response
+
+
+def test_session_cookie_authenticates_websocket(db_server):
+    response = http_get(db_server, "/login/?username=alice")
+    assert response.status == 200, response
+    cookies = [value.split(";")[0] for value in response.headers.get_all("Set-Cookie")]
+    [cookie] = [cookie for cookie in cookies if cookie.startswith("sessionid=")]
+    with connect(db_server, "/whoami/", additional_headers={"Cookie": cookie}) as ws:
+        assert ws.recv(TIMEOUT) == "alice"
+    with connect(db_server, "/login-required/", additional_headers={"Cookie": cookie}) as ws:
+        assert ws.recv(TIMEOUT) == "user=alice"
+
+
+def test_no_session_is_anonymous(db_server):
+    with connect(db_server, "/whoami/") as ws:
+        assert ws.recv(TIMEOUT) == "anonymous"
+
+
+# request_finished.
+
+
+def test_request_finished_fires_after_view_ends(server):
+    token = uuid.uuid4().hex
+    with connect(server, f"/finished/?token={token}") as ws:
+        ws.send("hello")
+        assert ws.recv(TIMEOUT) == "hello"
+        assert http_get(server, f"/finished-status/?token={token}").body == b"running"
+    expected = b"request_finished after the view returned"
+    status = poll(lambda: http_get(server, f"/finished-status/?token={token}").body == expected)
+    assert status, http_get(server, f"/finished-status/?token={token}").body
+
+
+# Pings.
+
+
+def test_ping_answered_while_view_is_busy(server):
+    seconds = TIMEOUT / 5
+    ws = websocket_client.create_connection(
+        server.ws_url(f"/sleep/?seconds={seconds}"), timeout=TIMEOUT
+    )
+    try:
+        ws.ping(b"are you there?")
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        # The pong comes first: the view is still sleeping.
+        assert opcode == websocket_client.ABNF.OPCODE_PONG
+        assert frame.data == b"are you there?"
+        assert ws.recv() == "awake"
+        ws.send("after")
+        assert ws.recv() == "after"
+    finally:
+        ws.close()
+
+
+# Access log.
+
+
+def test_access_log_shows_101(server):
+    start = server.log_bytes()
+    with connect(server, "/echo/?access-log") as ws:
+        ws.send("hello")
+        assert ws.recv(TIMEOUT) == "hello"
+    match = server.wait_for_log(r'"GET /echo/\?access-log HTTP/1\.1" (\d+) ', start)
+    assert match, server.log(start)
+    assert match.group(1) == "101"
+
+
+def test_access_log_shows_refusal_status(server):
+    start = server.log_bytes()
+    assert refusal(server, "/refuse/?access-log").status_code == 403
+    match = server.wait_for_log(r'"GET /refuse/\?access-log HTTP/1\.1" (\d+) ', start)
+    assert match, server.log(start)
+    assert match.group(1) == "403"
+
+
+# Graceful shutdown: a server of its own.
+
+
+def test_sigterm_closes_websockets_with_1001(tmp_path):
+    cleanup = tmp_path / "cleanup"
+    cleanup.mkdir()
+    graceful_timeout = int(6 * TIMEOUT)
+    server = start_gunicorn(
+        tmp_path / "server.log",
+        "--graceful-timeout", str(graceful_timeout),
+        env=server_env(WEBSOCKET_TEST_CLEANUP_DIR=str(cleanup)),
+    )
+    try:
+        with (
+            connect(server, "/shutdown/?name=iterating") as iterating,
+            connect(server, "/shutdown/?name=waiting&how=wait") as waiting,
+        ):
+            assert iterating.recv(TIMEOUT) == "ready"
+            assert waiting.recv(TIMEOUT) == "ready"
+            start = time.monotonic()
+            os.kill(server.process.pid, signal.SIGTERM)
+            assert close_of(iterating)[0] == 1001
+            assert close_of(waiting)[0] == 1001
+        assert (cleanup / "iterating").read_text() == "iteration ended"
+        assert (cleanup / "waiting").read_text() == "wait() returned None"
+        try:
+            server.process.wait(graceful_timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gunicorn did not exit within its graceful timeout")
+        elapsed = time.monotonic() - start
+        assert elapsed < graceful_timeout / 3, f"gunicorn took {elapsed:.1f} s to exit"
+        assert server.process.returncode == 0
+        assert "Worker graceful timeout" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_many_concurrent_connections(server):
+    # Each connection is served by its own greenlet in a single worker.
+    errors = []
+
+    def talk(number):
+        try:
+            with connect(server, "/echo/") as ws:
+                for count in range(10):
+                    ws.send(f"{number}:{count}")
+                    assert ws.recv(TIMEOUT) == f"{number}:{count}"
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=talk, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(2 * TIMEOUT)
+    assert not [thread for thread in threads if thread.is_alive()], "some clients hang"
+    assert not errors
