@@ -17,8 +17,15 @@ from .middleware import Options, serve
 __all__ = ["accept_websocket", "require_websocket"]
 
 
-class _AllDatabases(frozenset):
-    # Every database alias, without reading DATABASES at import time.
+class _AllDatabases(set):
+    """
+    Every database alias, as far as Django's make_view_atomic() asks.
+
+    It holds the aliases that ``@transaction.non_atomic_requests`` added on
+    top of the decorator, which still apply to plain HTTP requests.
+
+    """
+
     def __contains__(self, alias) -> bool:
         return True
 
@@ -52,7 +59,7 @@ def accept_websocket(view: Callable | None = None, *, protocols: Iterable[str] =
     """
     if view is None:
         return functools.partial(accept_websocket, protocols=protocols)
-    return _decorate(view, Options(required=False, protocols=tuple(protocols)))
+    return _decorate(view, Options(required=False, protocols=_protocols(protocols)))
 
 
 def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
@@ -69,13 +76,20 @@ def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] 
     """
     if view is None:
         return functools.partial(require_websocket, protocols=protocols)
-    return _decorate(view, Options(required=True, protocols=tuple(protocols)))
+    return _decorate(view, Options(required=True, protocols=_protocols(protocols)))
+
+
+def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(protocols, str):
+        raise TypeError(f"protocols must be a list of subprotocol names, such as [{protocols!r}].")
+    return tuple(protocols)
 
 
 def _decorate(view: Callable, options: Options) -> Callable:
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        return serve(request, view, args, kwargs, options)
+        non_atomic = set(wrapper._non_atomic_requests)  # added above the decorator
+        return serve(request, view, args, kwargs, options, non_atomic)
 
     wrapper.websocket_options = options
     # Django's make_view_atomic() must leave this view to serve().

@@ -83,19 +83,27 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
     return None
 
 
-def serve(request: HttpRequest, view: Callable, args, kwargs, options: Options) -> HttpResponse:
+def serve(
+    request: HttpRequest,
+    view: Callable,
+    args,
+    kwargs,
+    options: Options,
+    non_atomic: set[str] = frozenset(),
+) -> HttpResponse:
     """
     Run ``view`` for ``request`` under ``options``.
 
     A websocket request runs outside ``ATOMIC_REQUESTS`` (the transaction
     would last as long as the connection) and may return :obj:`None`, as the
-    connection is the answer; a plain HTTP request runs as usual.
+    connection is the answer; a plain HTTP request runs as usual, but for
+    the databases named in ``non_atomic``.
 
     """
     response = check(request, options)
     websocket = request.websocket
     if websocket is None:
-        return response or _atomic_requests(view)(request, *args, **kwargs)
+        return response or _atomic_requests(view, non_atomic)(request, *args, **kwargs)
     try:
         if response is None:
             response = view(request, *args, **kwargs) or HttpResponse()
@@ -110,14 +118,14 @@ def serve(request: HttpRequest, view: Callable, args, kwargs, options: Options) 
     return response
 
 
-def _atomic_requests(view: Callable) -> Callable:
+def _atomic_requests(view: Callable, non_atomic: set[str]) -> Callable:
     # What Django's make_view_atomic() does for views it runs itself.
     # django.db is imported here, not at the top: gunicorn imports the worker,
     # hence this module, before gevent patches threading, and Django's
     # connection handler must be created after that patch.
     from django.db import connections, transaction
 
-    skipped = getattr(view, "_non_atomic_requests", ())
+    skipped = {*getattr(view, "_non_atomic_requests", ()), *non_atomic}
     for alias, settings_dict in connections.settings.items():
         if settings_dict["ATOMIC_REQUESTS"] and alias not in skipped:
             view = transaction.atomic(using=alias)(view)

@@ -44,6 +44,7 @@ __all__ = [
     "Parser",
     "encode_frame",
     "encode_message",
+    "check_message",
     "encode_close",
     "Deflate",
     "negotiate",
@@ -135,6 +136,22 @@ def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     return header + payload
 
 
+def check_message(message) -> bool:
+    """
+    Tell whether ``message`` is text (:obj:`True`) or binary (:obj:`False`).
+
+    Raises:
+        TypeError: ``message`` is neither :class:`str` (or a subclass, such
+            as Django's ``SafeString``) nor a bytes-like object.
+
+    """
+    if isinstance(message, str):
+        return True
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return False
+    raise TypeError(f"a message is str or a bytes-like object, not {type(message).__name__}")
+
+
 def encode_message(message, deflate: Deflate | None = None) -> bytes:
     """
     Build the frame of a message: :class:`str` as text, bytes-like as binary.
@@ -151,10 +168,9 @@ def encode_message(message, deflate: Deflate | None = None) -> bytes:
         opcode, data = OP_TEXT, message.encode()
     elif kind is bytes:
         opcode, data = OP_BINARY, message
-    elif isinstance(message, (bytes, bytearray, memoryview)):
-        opcode, data = OP_BINARY, bytes(message)
     else:
-        raise TypeError(f"a message is str or a bytes-like object, not {kind.__name__}")
+        opcode, data = OP_TEXT if check_message(message) else OP_BINARY, message
+        data = data.encode() if opcode == OP_TEXT else bytes(data)
     if deflate is not None and len(data) >= deflate.min_size:
         return encode_frame(opcode, deflate.compress(data), rsv1=True)
     return encode_frame(opcode, data)

@@ -248,7 +248,7 @@ class WebSocket:
         self._ensure_accepted()
         self._has_read = True
         queue = self._queue
-        if not queue.qsize():
+        if not queue.qsize() or self._sent_close is not None:
             if self._ended:
                 self._reached_end()
                 return None
@@ -278,6 +278,8 @@ class WebSocket:
         self._ensure_accepted()
         self._has_read = True
         try:
+            if self._sent_close is not None:
+                raise Empty  # nothing is delivered after the server's close frame
             message = self._queue.get_nowait()
         except Empty:
             if self._ended:
@@ -320,6 +322,7 @@ class WebSocket:
 
         """
         if self.state is CONNECTING:
+            engine.check_message(message)  # refuse a wrong type before the 101
             self.accept()
         self._write(engine.encode_message(message, self._deflate))
 

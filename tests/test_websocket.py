@@ -1,0 +1,774 @@
+"""
+The WebSocket class over a socket pair, with a hand-written client at the other end.
+
+The helpers here (:class:`Client`, :class:`Pairs`) also serve the middleware
+and decorator tests.
+
+"""
+
+import os
+import socket
+import time
+from collections import namedtuple
+
+import gevent
+import gevent.socket
+import pytest
+from django.utils.safestring import mark_safe
+
+from django_websocket import ConnectionClosed, InvalidState, WebSocket
+from django_websocket.handshake import Handshake, accept_key
+from django_websocket.protocol import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
+from django_websocket.websocket import close_all
+
+from .test_protocol import close_frame, frame
+
+#: The time unit of the tests; set WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
+MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
+#: How long to wait for something that should happen.
+TIMEOUT = 2000 * MS
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+Frame = namedtuple("Frame", "fin rsv opcode payload")
+
+
+def deadline(what: str, seconds: float = TIMEOUT) -> gevent.Timeout:
+    return gevent.Timeout(seconds, AssertionError(f"timed out waiting for {what}"))
+
+
+def wait_for(predicate, what: str) -> None:
+    """Wait until ``predicate()`` is true, at most TIMEOUT."""
+    with deadline(what):
+        while not predicate():
+            gevent.sleep(MS)
+
+
+class Client:
+    """The client end of a socket pair: masked frames out, server frames in."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.pings = 0
+
+    # Writing.
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, opcode: int, payload: bytes | str = b"", **flags) -> None:
+        self.send(frame(opcode, payload, **flags))
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(OP_TEXT, text)
+
+    def send_binary(self, data: bytes) -> None:
+        self.send_frame(OP_BINARY, data)
+
+    def send_close(self, code: int | None = 1000, reason: str = "") -> None:
+        self.send(frame(OP_CLOSE) if code is None else close_frame(code, reason))
+
+    # Reading.
+
+    def _receive(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        self.buffer += data
+
+    def read_exactly(self, size: int) -> bytes:
+        with deadline(f"{size} bytes from the server"):
+            while len(self.buffer) < size:
+                self._receive()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read_response(self) -> tuple[str, dict]:
+        """Read an HTTP response head: the status line and lowercase header names."""
+        with deadline("an HTTP response"):
+            while b"\r\n\r\n" not in self.buffer:
+                self._receive()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, value = line.split(":", 1)
+            assert name.lower() not in headers, f"duplicate header {name}"
+            headers[name.lower()] = value.strip()
+        return status, headers
+
+    def handshake(self, protocol: str | None = None) -> dict:
+        """Read the 101 and check it; return its headers."""
+        status, headers = self.read_response()
+        assert status == "HTTP/1.1 101 Switching Protocols"
+        assert headers["upgrade"].lower() == "websocket"
+        assert headers["connection"].lower() == "upgrade"
+        assert headers["sec-websocket-accept"] == accept_key(KEY)
+        assert headers.get("sec-websocket-protocol") == protocol
+        return headers
+
+    def read_frame(self) -> Frame:
+        first, second = self.read_exactly(2)
+        assert not second & 0x80, "server frames are never masked"
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(self.read_exactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(self.read_exactly(8), "big")
+        return Frame(bool(first & 0x80), first & 0x70, first & 0x0F, self.read_exactly(size))
+
+    def read_message(self):
+        """Read a data frame: str for text, bytes for binary."""
+        received = self.read_frame()
+        assert received.fin and not received.rsv
+        assert received.opcode in (OP_TEXT, OP_BINARY), received
+        return received.payload.decode() if received.opcode == OP_TEXT else received.payload
+
+    def read_close(self) -> tuple[int | None, str]:
+        """Read a close frame; return its code (None if it has none) and reason."""
+        received = self.read_frame()
+        assert received.opcode == OP_CLOSE, received
+        payload = received.payload
+        if not payload:
+            return None, ""
+        return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+    def sync(self) -> list:
+        """
+        Ping and wait for the pong: the server has then handled every frame sent before.
+
+        Returns the frames received in the meantime.
+
+        """
+        self.pings += 1
+        token = f"sync {self.pings}".encode()
+        self.send_frame(OP_PING, token)
+        received = []
+        while True:
+            item = self.read_frame()
+            if item.opcode == OP_PONG and item.payload == token:
+                return received
+            received.append(item)
+
+    def assert_closed(self) -> None:
+        """Check that the server closed TCP, with nothing left to read."""
+        assert self.buffer == b"", f"unread data: {self.buffer!r}"
+        with deadline("the end of the TCP connection"):
+            assert self.sock.recv(65536) == b""
+
+    def assert_nothing_sent(self, server: socket.socket) -> None:
+        """Check that the server wrote nothing, by ending its side of the stream."""
+        server.shutdown(socket.SHUT_WR)
+        self.assert_closed()
+
+
+class Pairs:
+    """Open websockets on socket pairs; close everything at the end of a test."""
+
+    def __init__(self) -> None:
+        self.opened = []
+
+    def open(
+        self,
+        handshake: Handshake | None = None,
+        *,
+        protocols=(),
+        origin: str | None = None,
+        **options,
+    ) -> tuple[WebSocket, Client]:
+        server, client = gevent.socket.socketpair()
+        if handshake is None:
+            handshake = Handshake(key=KEY, protocols=list(protocols), origin=origin)
+        options.setdefault("close_timeout", TIMEOUT)
+        # No keepalive greenlet and no write timeout unless a test asks.
+        options.setdefault("ping_interval", None)
+        options.setdefault("send_timeout", None)
+        websocket = WebSocket(server, handshake, **options)
+        self.opened.append((websocket, server, client))
+        return websocket, Client(client)
+
+    def server_socket(self, websocket: WebSocket) -> socket.socket:
+        return next(server for opened, server, _ in self.opened if opened is websocket)
+
+    def close(self) -> None:
+        for websocket, server, client in self.opened:
+            client.close()
+            if websocket.state == "OPEN":
+                # The client is gone: this ends the connection at once, and
+                # frees a reader blocked on a full queue.
+                websocket.close()
+            wait_for(lambda: websocket.state != "OPEN", "the websocket to close")
+        # Let the readers see the end of their sockets before closing them.
+        gevent.idle()
+        for websocket, server, client in self.opened:
+            server.close()
+
+
+@pytest.fixture
+def pairs():
+    pairs = Pairs()
+    # Nothing in a test may block forever.
+    guard = gevent.Timeout(10 * TIMEOUT, AssertionError("the test hung"))
+    guard.start()
+    try:
+        yield pairs
+        pairs.close()
+    finally:
+        guard.close()
+
+
+@pytest.fixture
+def connected(pairs):
+    """An accepted websocket and its client, past the handshake."""
+    websocket, client = pairs.open()
+    websocket.accept()
+    client.handshake()
+    return websocket, client
+
+
+# The handshake.
+
+
+def test_accept_writes_101(pairs):
+    websocket, client = pairs.open()
+    assert websocket.state == "CONNECTING"
+    websocket.accept()
+    headers = client.handshake()
+    assert set(headers) == {"upgrade", "connection", "sec-websocket-accept"}
+    assert websocket.state == "OPEN"
+    assert websocket.protocol is None
+
+
+def test_accept_with_protocol(pairs):
+    websocket, client = pairs.open(protocols=["chat.v1", "chat.v2"])
+    assert websocket.protocols == ["chat.v1", "chat.v2"]
+    websocket.accept("chat.v2")
+    client.handshake(protocol="chat.v2")
+    assert websocket.protocol == "chat.v2"
+
+
+def test_accept_with_protocol_chosen_before(pairs):
+    websocket, client = pairs.open(protocols=["chat.v1", "chat.v2"])
+    # What the decorators do before the view runs.
+    websocket.protocol = "chat.v1"
+    websocket.send("hi")  # the first use accepts
+    client.handshake(protocol="chat.v1")
+    assert client.read_message() == "hi"
+    assert websocket.protocol == "chat.v1"
+
+
+def test_accept_protocol_not_offered(pairs):
+    websocket, client = pairs.open(protocols=["chat.v1"])
+    with pytest.raises(ValueError):
+        websocket.accept("chat.v2")
+    assert websocket.state == "CONNECTING"
+    websocket.accept()
+    # Nothing was written before this 101.
+    client.handshake()
+
+
+def test_accept_twice(connected):
+    websocket, client = connected
+    with pytest.raises(InvalidState):
+        websocket.accept()
+
+
+def test_origin(pairs):
+    websocket, _ = pairs.open(origin="https://example.com")
+    assert websocket.origin == "https://example.com"
+    websocket, _ = pairs.open()
+    assert websocket.origin is None
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        pytest.param(lambda websocket: websocket.read(), id="read"),
+        pytest.param(lambda websocket: websocket.wait(timeout=MS), id="wait"),
+        pytest.param(lambda websocket: websocket.count_messages(), id="count_messages"),
+        pytest.param(lambda websocket: websocket.has_messages(), id="has_messages"),
+        pytest.param(lambda websocket: websocket.send(b""), id="send"),
+    ],
+)
+def test_first_use_accepts(pairs, use):
+    websocket, client = pairs.open()
+    try:
+        use(websocket)
+    except TimeoutError:
+        pass
+    client.handshake()
+    assert websocket.state == "OPEN"
+
+
+def test_bytes_buffered_behind_the_handshake(pairs):
+    websocket, client = pairs.open(buffered=frame(OP_TEXT, "early") + frame(OP_TEXT, "ea"))
+    assert websocket.wait() == "early"
+    client.handshake()
+    assert websocket.wait() == "ea"
+
+
+# Receiving.
+
+
+def test_read_count_has_messages(connected):
+    websocket, client = connected
+    assert websocket.read() is None
+    assert websocket.read("fallback") == "fallback"
+    assert websocket.count_messages() == 0
+    assert not websocket.has_messages()
+    client.send_text("one")
+    client.send_binary(b"two")
+    client.send_frame(OP_TEXT, "th", fin=False)
+    client.send_frame(0, "ree")
+    assert client.sync() == []
+    assert websocket.count_messages() == 3
+    assert websocket.has_messages()
+    assert websocket.read() == "one"
+    assert websocket.count_messages() == 2
+    assert websocket.wait() == b"two"
+    assert websocket.read("fallback") == "three"
+    assert websocket.count_messages() == 0
+    assert not websocket.has_messages()
+    assert websocket.read("fallback") == "fallback"
+
+
+def test_wait_blocks_until_a_message_arrives(connected):
+    websocket, client = connected
+    waiter = gevent.spawn(websocket.wait)
+    try:
+        gevent.idle()
+        assert not waiter.ready()
+        client.send_text("hello")
+        assert waiter.get(timeout=TIMEOUT) == "hello"
+    finally:
+        waiter.kill()
+
+
+def test_wait_timeout(connected):
+    websocket, client = connected
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        websocket.wait(timeout=20 * MS)
+    assert time.monotonic() - start >= 15 * MS
+    # The connection is still usable.
+    client.send_text("late")
+    assert websocket.wait(timeout=TIMEOUT) == "late"
+    client.send_text("later")
+    assert client.sync() == []
+    assert websocket.wait(timeout=0) == "later"
+
+
+def test_iteration_ends_when_the_client_closes(connected):
+    websocket, client = connected
+    client.send_text("a")
+    client.send_binary(b"b")
+    client.send_text("c")
+    client.send_close(1000)
+    assert list(websocket) == ["a", b"b", "c"]
+    assert client.read_close() == (1000, "")
+    client.assert_closed()
+    assert websocket.close_code == 1000
+    assert websocket.state == "CLOSED"
+
+
+def test_messages_before_the_client_close_are_delivered(connected):
+    websocket, client = connected
+    client.send_text("one")
+    client.send_binary(b"two")
+    client.send_close(1001, "bye")
+    # The reader has handled the close frame: the code is known...
+    wait_for(lambda: websocket.close_code is not None, "the client's close frame")
+    assert websocket.close_code == 1001
+    assert websocket.close_reason == "bye"
+    # ... but the messages before it are still there.
+    assert websocket.count_messages() == 2
+    assert websocket.wait() == "one"
+    assert websocket.wait() == b"two"
+    assert websocket.wait() is None
+    assert websocket.wait() is None
+    assert websocket.read("fallback") == "fallback"
+    assert client.read_close() == (1001, "")
+    client.assert_closed()
+
+
+def test_wait_returns_none_when_the_connection_drops(connected):
+    websocket, client = connected
+    client.send_text("last")
+    client.sock.shutdown(socket.SHUT_RDWR)
+    assert websocket.wait() == "last"
+    assert websocket.wait() is None
+    assert websocket.close_code == 1006
+    assert websocket.close_reason == ""
+    assert websocket.state == "CLOSED"
+    with pytest.raises(ConnectionClosed) as info:
+        websocket.send("anyone?")
+    assert info.value.code == 1006
+    assert info.value.sent_code is None
+
+
+def test_waiting_view_wakes_up_when_the_client_closes(connected):
+    websocket, client = connected
+    waiter = gevent.spawn(websocket.wait)
+    try:
+        gevent.idle()
+        client.send_close(1000)
+        assert waiter.get(timeout=TIMEOUT) is None
+    finally:
+        waiter.kill()
+    assert client.read_close() == (1000, "")
+    client.assert_closed()
+
+
+def test_ping_is_answered_while_no_one_reads(connected):
+    websocket, client = connected
+    client.send_text("unread")
+    client.send_frame(OP_PING, b"are you there")
+    assert client.read_frame() == Frame(True, 0, OP_PONG, b"are you there")
+    client.send_frame(OP_PING, b"")
+    assert client.read_frame() == Frame(True, 0, OP_PONG, b"")
+    assert websocket.count_messages() == 1
+
+
+def test_pong_is_ignored(connected):
+    websocket, client = connected
+    client.send_frame(OP_PONG, b"unsolicited")
+    assert client.sync() == []
+    assert websocket.count_messages() == 0
+
+
+# Sending.
+
+
+@pytest.mark.parametrize(
+    "message, opcode, payload",
+    [
+        pytest.param("text é", OP_TEXT, "text é".encode(), id="str"),
+        pytest.param("", OP_TEXT, b"", id="empty str"),
+        pytest.param(b"\x00\xff", OP_BINARY, b"\x00\xff", id="bytes"),
+        pytest.param(b"", OP_BINARY, b"", id="empty bytes"),
+        pytest.param(bytearray(b"array"), OP_BINARY, b"array", id="bytearray"),
+        pytest.param(memoryview(b"xviewx")[1:5], OP_BINARY, b"view", id="memoryview"),
+        pytest.param("x" * 70000, OP_TEXT, b"x" * 70000, id="64-bit length"),
+        pytest.param(mark_safe("<b>safe</b>"), OP_TEXT, b"<b>safe</b>", id="SafeString"),
+    ],
+)
+def test_send(connected, message, opcode, payload):
+    websocket, client = connected
+    websocket.send(message)
+    assert client.read_frame() == Frame(True, 0, opcode, payload)
+
+
+@pytest.mark.parametrize("message", [42, None, 1.5, ["a"], {"a": 1}, object()])
+def test_send_other_types(connected, message):
+    websocket, client = connected
+    with pytest.raises(TypeError):
+        websocket.send(message)
+    assert client.sync() == []
+
+
+def test_send_from_several_greenlets(connected):
+    websocket, client = connected
+    messages = [f"{name} {index} " + "x" * 30000 for name in "abc" for index in range(5)]
+    senders = [
+        gevent.spawn(lambda name=name: [websocket.send(m) for m in messages if m[0] == name])
+        for name in "abc"
+    ]
+    try:
+        received = [client.read_message() for _ in messages]
+        gevent.joinall(senders, timeout=TIMEOUT, raise_error=True)
+    finally:
+        gevent.killall(senders)
+    # Frames are not interleaved, and each greenlet's messages keep their order.
+    assert sorted(received) == sorted(messages)
+    for name in "abc":
+        assert [m for m in received if m[0] == name] == [m for m in messages if m[0] == name]
+
+
+def test_send_after_client_close(connected):
+    websocket, client = connected
+    client.send_close(4001, "bye")
+    assert client.read_close() == (4001, "")
+    client.assert_closed()
+    with pytest.raises(ConnectionClosed) as info:
+        websocket.send("too late")
+    assert info.value.code == 4001
+    assert info.value.reason == "bye"
+    assert info.value.sent_code == 4001
+    assert str(info.value).startswith("received 4001 (private use) 'bye'")
+
+
+def test_send_after_server_close(connected):
+    websocket, client = connected
+    closer = gevent.spawn(websocket.close, 1001, "going")
+    try:
+        assert client.read_close() == (1001, "going")
+        client.send_close(1000, "ok")
+        closer.get(timeout=TIMEOUT)
+    finally:
+        closer.kill()
+    with pytest.raises(ConnectionClosed) as info:
+        websocket.send(b"too late")
+    assert (info.value.code, info.value.reason) == (1000, "ok")
+    assert (info.value.sent_code, info.value.sent_reason) == (1001, "going")
+    assert str(info.value) == "received 1000 (OK) 'ok'; sent 1001 (going away) 'going'"
+
+
+# Closing.
+
+
+def test_close_waits_for_the_client_then_closes_tcp(connected):
+    websocket, client = connected
+    closer = gevent.spawn(websocket.close, 3000, "done here")
+    try:
+        assert client.read_close() == (3000, "done here")
+        assert not closer.ready(), "close() waits for the client's close frame"
+        assert websocket.closed
+        # Frames the client sent before its close frame are ignored.
+        client.send_text("ignored")
+        client.send_close(1000, "ok")
+        closer.get(timeout=TIMEOUT)
+    finally:
+        closer.kill()
+    client.assert_closed()
+    assert websocket.state == "CLOSED"
+    assert websocket.close_code == 1000
+    assert websocket.close_reason == "ok"
+    assert websocket.wait() is None
+    # Closing again does nothing.
+    websocket.close()
+
+
+def test_close_timeout(pairs):
+    websocket, client = pairs.open(close_timeout=50 * MS)
+    websocket.accept()
+    client.handshake()
+    start = time.monotonic()
+    websocket.close(1000, "bye")
+    elapsed = time.monotonic() - start
+    assert 40 * MS <= elapsed < TIMEOUT
+    assert websocket.close_code == 1006
+    assert websocket.state == "CLOSED"
+    assert client.read_close() == (1000, "bye")
+    client.assert_closed()
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1011, 3000, 4999, None])
+def test_client_close_is_echoed(connected, code):
+    websocket, client = connected
+    client.send_close(code, "client reason")
+    assert client.read_close() == (code, "")
+    client.assert_closed()
+    assert websocket.close_code == (1005 if code is None else code)
+    assert websocket.close_reason == ("" if code is None else "client reason")
+    assert websocket.wait() is None
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 5000])
+def test_close_with_invalid_code(connected, code):
+    websocket, client = connected
+    with pytest.raises(ValueError):
+        websocket.close(code)
+    assert client.sync() == []
+
+
+def test_close_reason_too_long(connected):
+    websocket, client = connected
+    with pytest.raises(ValueError):
+        websocket.close(1000, "é" * 62)
+    assert client.sync() == []
+
+
+def test_messages_are_not_delivered_after_close(pairs):
+    websocket, client = pairs.open(max_queue=1)
+    websocket.accept()
+    client.handshake()
+    client.send_text("first")
+    client.send_text("second")
+    client.send_text("third")
+    # The reader queued "first" and waits for room to queue "second".
+    wait_for(lambda: websocket.count_messages() == 1, "the queue to fill")
+    closer = gevent.spawn(websocket.close)
+    try:
+        assert client.read_close() == (1000, "")
+        client.send_close(1000)
+        closer.get(timeout=TIMEOUT)
+    finally:
+        closer.kill()
+    assert websocket.wait() is None
+    assert websocket.read("fallback") == "fallback"
+
+
+@pytest.mark.parametrize(
+    "bad, code, options",
+    [
+        pytest.param(frame(OP_TEXT, "hi", mask=None), 1002, {}, id="unmasked"),
+        pytest.param(frame(OP_BINARY, b"x", rsv2=True), 1002, {}, id="RSV2"),
+        pytest.param(frame(OP_TEXT, b"caf\xe9"), 1007, {}, id="invalid UTF-8"),
+        pytest.param(frame(OP_TEXT, "x" * 11), 1009, {"max_message_size": 10}, id="too big"),
+        pytest.param(
+            frame(OP_TEXT, "x" * 6, fin=False) + frame(0, "x" * 5),
+            1009,
+            {"max_message_size": 10},
+            id="too big in fragments",
+        ),
+    ],
+)
+def test_protocol_error_closes_with_its_code(pairs, bad, code, options):
+    websocket, client = pairs.open(**options)
+    websocket.accept()
+    client.handshake()
+    client.send_text("before")
+    client.send(bad)
+    client.send_text("after")
+    assert websocket.wait() == "before"
+    assert websocket.wait() is None
+    received_code, reason = client.read_close()
+    assert received_code == code
+    assert reason
+    client.send_close(received_code)
+    client.assert_closed()
+    assert websocket.state == "CLOSED"
+
+
+def test_protocol_error_while_the_view_waits(connected):
+    websocket, client = connected
+    waiter = gevent.spawn(websocket.wait)
+    try:
+        gevent.idle()
+        client.send(frame(OP_TEXT, b"\xff"))
+        assert waiter.get(timeout=TIMEOUT) is None
+    finally:
+        waiter.kill()
+    assert client.read_close()[0] == 1007
+    client.send_close(1007)
+    client.assert_closed()
+
+
+def test_invalid_close_frame_from_the_client(connected):
+    websocket, client = connected
+    client.send_close(1004)
+    assert client.read_close()[0] == 1002
+    client.assert_closed()
+    assert websocket.wait() is None
+
+
+# Backpressure.
+
+
+def test_bounded_queue_stops_reading(pairs):
+    websocket, client = pairs.open(max_queue=2)
+    websocket.accept()
+    client.handshake()
+    message = b"m" * 16384
+    data = frame(OP_BINARY, message)
+    client.sock.setblocking(False)
+    sent = 0  # bytes of the stream the kernel took
+    stream = b""
+    blocked = False
+    with deadline("the client's writes to block"):
+        while not blocked:
+            assert len(stream) < 64 * 1024 * 1024, "the server never stopped reading"
+            if len(stream) - sent < len(data):
+                stream += data
+            try:
+                sent += client.sock.send(stream[sent:])
+            except BlockingIOError:
+                # Give the reader every chance to make room.
+                try:
+                    gevent.socket.wait_write(client.sock.fileno(), timeout=50 * MS)
+                except socket.timeout:
+                    blocked = True
+    assert websocket.count_messages() == 2
+    # Once the view reads, the reader resumes: every message arrives, in order.
+    client.sock.setblocking(True)
+    count = len(stream) // len(data)
+    writer = gevent.spawn(client.send, stream[sent:])
+    try:
+        for _ in range(count):
+            assert websocket.wait(timeout=TIMEOUT) == message
+        writer.get(timeout=TIMEOUT)
+    finally:
+        writer.kill()
+    assert client.sync() == []
+    assert websocket.count_messages() == 0
+
+
+# finish() and close_all().
+
+
+@pytest.mark.parametrize(
+    "status, code",
+    [(200, 1000), (204, 1000), (401, 1008), (403, 1008), (500, 1011), (503, 1011)],
+)
+def test_finish(connected, status, code):
+    websocket, client = connected
+    finisher = gevent.spawn(websocket.finish, status)
+    try:
+        assert client.read_close()[0] == code
+        client.send_close(code)
+        finisher.get(timeout=TIMEOUT)
+    finally:
+        finisher.kill()
+    client.assert_closed()
+    assert websocket.state == "CLOSED"
+
+
+def test_finish_reason(connected):
+    websocket, client = connected
+    finisher = gevent.spawn(websocket.finish, 403, "403 Forbidden")
+    try:
+        assert client.read_close() == (1008, "403 Forbidden")
+        client.send_close(1008)
+        finisher.get(timeout=TIMEOUT)
+    finally:
+        finisher.kill()
+
+
+def test_finish_before_accept_writes_nothing(pairs):
+    websocket, client = pairs.open()
+    websocket.finish(403)
+    assert websocket.state == "CONNECTING"
+    client.assert_nothing_sent(pairs.server_socket(websocket))
+
+
+def test_finish_after_close_does_nothing(connected):
+    websocket, client = connected
+    client.send_close(1000)
+    assert client.read_close() == (1000, "")
+    client.assert_closed()
+    websocket.finish(500)
+
+
+def test_finish_after_client_close_echoes_the_client_code(connected):
+    websocket, client = connected
+    client.send_text("x")
+    assert websocket.wait() == "x"
+    # The view is busy with "x": the echo of the close frame waits for it.
+    client.send_close(4000)
+    wait_for(lambda: websocket.close_code == 4000, "the client's close frame")
+    finisher = gevent.spawn(websocket.finish, 500)
+    try:
+        assert client.read_close() == (4000, "")
+        finisher.get(timeout=TIMEOUT)
+    finally:
+        finisher.kill()
+    client.assert_closed()
+
+
+def test_close_all(pairs):
+    opened = [pairs.open() for _ in range(2)]
+    for websocket, client in opened:
+        websocket.accept()
+        client.handshake()
+    waiting, bystander = pairs.open()
+    close_all()
+    for websocket, client in opened:
+        assert client.read_close() == (1001, "server shutting down")
+        client.send_close(1001)
+    for websocket, client in opened:
+        wait_for(lambda: websocket.state == "CLOSED", "the websocket to close")
+        client.assert_closed()
+        assert websocket.wait() is None
+    assert waiting.state == "CONNECTING"
+    bystander.assert_nothing_sent(pairs.server_socket(waiting))
