@@ -17,7 +17,12 @@ author = "django_websocket maintainers"
 copyright = "2026, django_websocket maintainers"
 release = version = django_websocket.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode"]
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 intersphinx_mapping = {}

@@ -21,4 +21,6 @@ urlpatterns = [
     path("flood/", views.flood),
     path("shutdown/", views.shutdown),
     path("refuse-with-cookie/", views.refuse_with_cookie),
+    path("count-users/", views.count_users),
+    path("server-close/", views.server_close),
 ]

@@ -198,3 +198,18 @@ def refuse_with_cookie(request):
     response = HttpResponseForbidden("no entry")
     response.set_cookie("refused", "yes")
     return response
+
+
+@require_websocket
+def count_users(request):
+    """Report how many users the database holds: a TestCase's data is visible."""
+    request.websocket.send(str(get_user_model().objects.count()))
+    for message in request.websocket:
+        request.websocket.send(message)
+
+
+@require_websocket
+def server_close(request):
+    """Send one message, then close from the server side."""
+    request.websocket.send("bye")
+    request.websocket.close(4000, "done")

@@ -1,0 +1,369 @@
+"""
+Test websocket views as easily as HTTP views.
+
+:class:`WebSocketClient` is Django's test :class:`~django.test.Client` that
+can also open websockets. It runs the view through the production code path
+(the server's handshake checks, Django's WSGI handler and middleware, the
+decorators, the deferred ``101``) over an in-process socket pair: no server
+process, no network, and the view shares the test's database connection, so
+it sees the data of a :class:`~django.test.TestCase`.
+
+::
+
+    from django_websocket.testing import WebSocketClient
+
+    def test_echo(self):
+        client = WebSocketClient()
+        client.force_login(self.user)
+        with client.connect("/ws/echo/") as ws:
+            ws.send("hello")
+            assert ws.receive() == "hello"
+        assert ws.close_code == 1000
+
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+from http.client import parse_headers
+from io import BytesIO
+
+import gevent
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import got_request_exception, request_finished, request_started
+from django.db import close_old_connections
+from django.http import HttpResponse
+from django.test import Client
+from gevent import pywsgi
+from gevent import socket as gsocket
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
+
+from .exceptions import ConnectionClosed, WebSocketError
+from .handshake import accept_key
+from .worker import WebSocketHandler
+
+__all__ = ["WebSocketClient", "TestWebSocket", "HandshakeRefused"]
+
+#: Seconds a test waits for a message, a handshake or the view's end.
+DEFAULT_TIMEOUT = 5.0
+
+
+class HandshakeRefused(WebSocketError):
+    """
+    Raised by :meth:`WebSocketClient.connect` when the view refuses the handshake.
+
+    :attr:`response` is the :class:`~django.http.HttpResponse` that Django
+    produced, e.g. ``exc.response.status_code == 403``.
+
+    """
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+        super().__init__(f"the handshake was refused with {response.status_code} "
+                         f"{response.reason_phrase}")
+
+
+class WebSocketClient(Client):
+    """
+    Django's test client, plus :meth:`connect` to open websockets.
+
+    Cookies, :meth:`~django.test.Client.login`,
+    :meth:`~django.test.Client.force_login` and the constructor's
+    ``headers`` work for websockets as for HTTP requests. Set ``timeout`` to
+    the seconds to wait for messages and handshakes by default. Set
+    ``raise_request_exception`` to :obj:`False` to keep an exception raised
+    by a websocket view in :attr:`TestWebSocket.exception` instead of
+    re-raising it when the connection is closed.
+
+    """
+
+    def __init__(self, *args, timeout: float = DEFAULT_TIMEOUT, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+
+    def connect(
+        self,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        protocols: list[str] | tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> TestWebSocket:
+        """
+        Open a websocket to ``path`` (with its query string, if any).
+
+        Set ``headers`` to add request headers, such as ``Origin``, and
+        ``protocols`` to the subprotocols to offer. Use the result as a
+        context manager: the connection is closed when the block ends.
+
+        Raises:
+            HandshakeRefused: the view answered with an HTTP response; it is
+                the exception's ``response``.
+            TimeoutError: nothing answered within ``timeout`` seconds.
+
+        """
+        timeout = self.timeout if timeout is None else timeout
+        request_headers = {**self.defaults_headers(), **(headers or {})}
+        websocket = TestWebSocket(self, path, request_headers, list(protocols), timeout)
+        websocket._open()
+        return websocket
+
+    def defaults_headers(self) -> dict[str, str]:
+        """The headers every request of this client carries, cookies included."""
+        headers = {}
+        for key, value in self.defaults.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").title()] = str(value)
+        cookies = "; ".join(f"{morsel.key}={morsel.coded_value}" for morsel in self.cookies.values())
+        if cookies:
+            headers["Cookie"] = cookies
+        return headers
+
+
+_serving = 0  # test connections whose view may still run
+
+
+def _keep_connections() -> None:
+    # As Django's test client does around each request: closing database
+    # connections at the end of a request would break a TestCase's
+    # transaction. Several test connections may be open at once.
+    global _serving
+    if _serving == 0:
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+    _serving += 1
+
+
+def _release_connections() -> None:
+    global _serving
+    _serving -= 1
+    if _serving == 0:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+class _Server(pywsgi.WSGIServer):
+    """The production handler's server, never bound: connections come from socket pairs."""
+
+    def __init__(self, application) -> None:
+        super().__init__(("127.0.0.1", 0), application, handler_class=WebSocketHandler,
+                         log=None, error_log=None)
+        self.environ.update(SERVER_NAME="testserver", SERVER_PORT="80")
+
+
+class TestWebSocket:
+    """
+    The client side of a websocket opened by :meth:`WebSocketClient.connect`.
+
+    :attr:`protocol` is the subprotocol the server chose. After the
+    connection is closed, :attr:`close_code` and :attr:`close_reason` tell
+    what the server sent, :attr:`response` is the response the view
+    returned, and :attr:`exception` the exception it raised, if any.
+
+    """
+
+    __test__ = False  # not a test case, whatever pytest thinks of the name
+
+    def __init__(self, client, path, headers, protocols, timeout) -> None:
+        self._client = client
+        self._path = path
+        self._headers = headers
+        self._protocols = protocols
+        self.timeout = timeout
+        self.protocol: str | None = None
+        self.response: HttpResponse | None = None
+        self.exception: BaseException | None = None
+        self._exc_info = None
+        self._sock = None
+        self._server = None
+        self._engine: ClientProtocol | None = None
+        self._messages: list = []
+        self._buffer = b""
+
+    # Opening.
+
+    def _open(self) -> None:
+        server_sock, self._sock = gsocket.socketpair()
+        handler_app = WSGIHandler()
+
+        def application(environ, start_response):
+            response = handler_app(environ, start_response)
+            self.response = response
+            return response
+
+        handler = WebSocketHandler(server_sock, ("127.0.0.1", 0), _Server(application))
+        _keep_connections()
+        got_request_exception.connect(self._store_exception)
+        self._server = gevent.spawn(self._serve, handler)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._sock.sendall(self._request(key))
+        self._sock.settimeout(self.timeout)
+        status, headers = self._read_response_head()
+        if status != 101:
+            self._join_server()
+            self._client.cookies.update(self.response.cookies)
+            raise HandshakeRefused(self.response)
+        if headers.get("Sec-WebSocket-Accept") != accept_key(key):
+            raise AssertionError("the server answered with a wrong Sec-WebSocket-Accept")
+        self.protocol = headers.get("Sec-WebSocket-Protocol")
+        self._engine = ClientProtocol(parse_uri(f"ws://testserver{self._path}"), state=State.OPEN,
+                                      max_size=None)
+        if self._buffer:
+            self._feed(self._buffer)
+
+    def _serve(self, handler) -> None:
+        try:
+            handler.handle()
+        finally:
+            got_request_exception.disconnect(self._store_exception)
+            _release_connections()
+
+    def _store_exception(self, sender, **kwargs) -> None:
+        self._exc_info = sys.exc_info()
+        self.exception = self._exc_info[1]
+
+    def _request(self, key: str) -> bytes:
+        lines = [
+            f"GET {self._path} HTTP/1.1",
+            "Host: testserver",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self._protocols:
+            lines.append(f"Sec-WebSocket-Protocol: {', '.join(self._protocols)}")
+        lines += [f"{name}: {value}" for name, value in self._headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _read_response_head(self):
+        while b"\r\n\r\n" not in self._buffer:
+            data = self._recv()
+            if not data:
+                raise ConnectionError("the server closed the connection during the handshake")
+            self._buffer += data
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, _, header_lines = head.partition(b"\r\n")
+        status = int(status_line.split()[1])
+        return status, parse_headers(BytesIO(header_lines + b"\r\n\r\n"))
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(65536)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from the server within {self.timeout} seconds") from None
+
+    # Messages.
+
+    def send(self, message: str | bytes) -> None:
+        """Send a message: :class:`str` as text, :class:`bytes` as binary."""
+        if isinstance(message, str):
+            self._engine.send_text(message.encode())
+        else:
+            self._engine.send_binary(bytes(message))
+        self._flush()
+
+    def receive(self, timeout: float | None = None) -> str | bytes:
+        """
+        Return the next message from the server.
+
+        Raises:
+            TimeoutError: no message came within ``timeout`` seconds (by
+                default, the client's timeout).
+            ConnectionClosed: the connection is closed; its ``code`` and
+                ``reason`` are what the server sent.
+
+        """
+        timeout = self.timeout if timeout is None else timeout
+        with gevent.Timeout(timeout, TimeoutError(f"no message within {timeout} seconds")):
+            while not self._messages:
+                if self._engine.state is State.CLOSED:
+                    raise self._closed_error()
+                data = self._sock.recv(65536)
+                if data:
+                    self._feed(data)
+                else:
+                    self._engine.receive_eof()
+        return self._messages.pop(0)
+
+    def _feed(self, data: bytes) -> None:
+        self._engine.receive_data(data)
+        for frame in self._engine.events_received():
+            if frame.opcode is Opcode.TEXT:
+                self._messages.append(frame.data.decode())
+            elif frame.opcode is Opcode.BINARY:
+                self._messages.append(bytes(frame.data))
+        self._flush()  # pongs, the answer to a close frame
+
+    def _flush(self) -> None:
+        for data in self._engine.data_to_send():
+            if data:
+                self._sock.sendall(data)
+
+    # Closing.
+
+    @property
+    def closed(self) -> bool:
+        """Tell whether the connection is closed."""
+        return self._engine is None or self._engine.state is State.CLOSED
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the server sent, ``1006`` if none; :obj:`None` while open."""
+        return None if not self.closed else self._engine.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason the server sent; :obj:`None` while open."""
+        return None if not self.closed else self._engine.close_reason
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self._engine.close_code, self._engine.close_reason)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """
+        Close the connection and wait for the view to return.
+
+        Re-raises the exception the view raised, unless the client was
+        created with ``raise_request_exception=False``.
+
+        """
+        if self._engine.state is State.OPEN:
+            self._engine.send_close(code, reason)
+            self._flush()
+        with gevent.Timeout(self.timeout, TimeoutError("the server did not close the connection")):
+            while self._engine.state is not State.CLOSED:
+                data = self._sock.recv(65536)
+                if data:
+                    self._feed(data)
+                else:
+                    self._engine.receive_eof()
+        self._sock.close()
+        self._join_server()
+        if self._exc_info is not None and self._client.raise_request_exception:
+            raise self.exception
+
+    def _join_server(self) -> None:
+        self._server.join(self.timeout)
+        if not self._server.dead:
+            self._server.kill()
+            raise TimeoutError(f"the view did not return within {self.timeout} seconds")
+
+    def __enter__(self) -> TestWebSocket:
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Don't hide the test's own failure behind the view's.
+            try:
+                self._sock.close()
+                self._join_server()
+            except TimeoutError:
+                pass
