@@ -15,6 +15,8 @@ WebSockets for ordinary, synchronous Django views, served over WSGI by gevent.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -28,6 +30,11 @@ __all__ = [
     "InvalidHandshake",
     "InvalidState",
     "ProtocolError",
+    "BroadcastError",
+    "publish",
+    "send_to_user",
+    "broadcast",
+    "GroupMessage",
 ]
 
 # Names are imported on first use: gunicorn imports django_websocket.worker
@@ -43,11 +50,18 @@ _SUBMODULES = {
     "InvalidHandshake": "exceptions",
     "InvalidState": "exceptions",
     "ProtocolError": "exceptions",
+    "BroadcastError": "exceptions",
+    "publish": "broadcast",
+    "send_to_user": "broadcast",
+    "broadcast": "broadcast",
+    "GroupMessage": "broadcast",
 }
 
 if TYPE_CHECKING:
+    from .broadcast import GroupMessage, broadcast, publish, send_to_user
     from .decorators import accept_websocket, require_websocket
     from .exceptions import (
+        BroadcastError,
         ConnectionClosed,
         InvalidHandshake,
         InvalidState,
@@ -69,3 +83,18 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    # The function broadcast() shares its name with the subpackage that
+    # defines it, django_websocket.broadcast, and importing a subpackage sets
+    # the package's attribute of that name to the module. Keep the function
+    # there instead, so that "from django_websocket import broadcast" gives
+    # the function whatever was imported first.
+    def __setattr__(self, name: str, value) -> None:
+        if name == "broadcast" and isinstance(value, types.ModuleType):
+            value = value.broadcast
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

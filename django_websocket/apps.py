@@ -7,7 +7,8 @@ class WebSocketConfig(AppConfig):
     verbose_name = "WebSockets"
 
     def ready(self) -> None:
-        from .checks import check_settings, check_installed_apps
+        from .checks import check_broadcast, check_installed_apps, check_settings
 
         checks.register(check_settings)
         checks.register(check_installed_apps)
+        checks.register(check_broadcast)

@@ -30,6 +30,12 @@ DEFAULTS = {
     "PING_TIMEOUT": 20.0,
     "SEND_TIMEOUT": 30.0,
     "HANDSHAKE_TIMEOUT": 10.0,
+    "MAX_SEND_QUEUE": MiB,
+    "BROADCAST": {
+        "BACKEND": "django_websocket.broadcast.locmem.LocMemBackend",
+        "LOCATION": "",
+        "OPTIONS": {},
+    },
 }
 
 
@@ -64,7 +70,46 @@ def _validate(name: str, value):
         value = _positive_number(name, value)
     elif name in ("PING_INTERVAL", "PING_TIMEOUT", "SEND_TIMEOUT"):
         value = _positive_number(name, value, none=True)
+    elif name == "MAX_SEND_QUEUE":
+        value = _positive_number(name, value, integer=True, none=True)
+    elif name == "BROADCAST":
+        value = _broadcast(value)
     return value
+
+
+def _broadcast(value) -> dict:
+    """Check the shape of WEBSOCKET_BROADCAST; the backend checks LOCATION and OPTIONS."""
+    example = (
+        'such as {"BACKEND": "django_websocket.broadcast.redis.RedisBackend", '
+        '"LOCATION": "redis://127.0.0.1:6379/0"}'
+    )
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST must be a dict {example}; got {value!r}."
+        )
+    unknown = set(value) - {"BACKEND", "LOCATION", "OPTIONS"}
+    if unknown:
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST has unknown keys {sorted(unknown)}: "
+            "use BACKEND, LOCATION and OPTIONS."
+        )
+    backend = value.get("BACKEND")
+    if not isinstance(backend, str) or not backend:
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST['BACKEND'] must be the dotted path of a backend class, {example}; "
+            f"got {backend!r}."
+        )
+    location = value.get("LOCATION", "")
+    if not isinstance(location, str):
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST['LOCATION'] must be a string, {example}; got {location!r}."
+        )
+    options = value.get("OPTIONS", {})
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST['OPTIONS'] must be a dict; got {options!r}."
+        )
+    return {"BACKEND": backend, "LOCATION": location, "OPTIONS": dict(options)}
 
 
 class Settings:

@@ -11,6 +11,8 @@ Exceptions raised by django_websocket.
     connection with :attr:`~ProtocolError.code`.
   * :exc:`InvalidState`: a programming error, such as accepting a websocket
     twice.
+  * :exc:`BroadcastError`: :func:`~django_websocket.publish` could not hand a
+    message to the broker, such as Redis.
 
 Configuration mistakes raise Django's
 :exc:`~django.core.exceptions.ImproperlyConfigured`.
@@ -25,6 +27,7 @@ __all__ = [
     "InvalidHandshake",
     "ProtocolError",
     "InvalidState",
+    "BroadcastError",
     "close_code_name",
 ]
 
@@ -143,3 +146,17 @@ class ProtocolError(WebSocketError):
 
 class InvalidState(WebSocketError):
     """Raised when a method is called in a state where it cannot work."""
+
+
+class BroadcastError(WebSocketError):
+    """
+    Raised by :func:`~django_websocket.publish`,
+    :func:`~django_websocket.send_to_user` and
+    :func:`~django_websocket.broadcast` when the message cannot reach the
+    broker: Redis is down, unreachable, or does not answer within the
+    backend's timeouts.
+
+    The message was not published. Open websockets are not affected: they
+    stay open and get messages again once the broker is back.
+
+    """

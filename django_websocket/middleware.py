@@ -12,12 +12,14 @@ they also work without the middleware.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 
 from . import handshake
+from .broadcast.base import BROADCAST_GROUP, user_group
 from .conf import settings
 from .websocket import CONNECTING, WebSocket
 
@@ -46,7 +48,27 @@ def attach(request: HttpRequest) -> WebSocket | None:
     is_websocket = websocket is not None
     request.websocket = websocket
     request.is_websocket = lambda: is_websocket
+    if websocket is not None:
+        websocket.max_send_queue = settings.MAX_SEND_QUEUE
+        default_groups = partial(_default_groups, request)
+        if websocket.state is CONNECTING:
+            # Joined when the handshake is accepted: request.user is only
+            # loaded for websockets that a view accepts.
+            websocket._default_groups = default_groups
+        else:
+            # Adopted from the stock worker: the handshake is accepted already.
+            for group in default_groups():
+                websocket._join(group)
     return websocket
+
+
+def _default_groups(request: HttpRequest) -> list[str]:
+    """The groups of every websocket: broadcast(), and send_to_user() for its user."""
+    groups = [BROADCAST_GROUP]
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        groups.append(user_group(user))
+    return groups
 
 
 def check(request: HttpRequest, options: Options) -> HttpResponse | None:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 import weakref
-from typing import Iterator, Union
+from collections import deque
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Union
 
 import gevent
 from gevent.event import Event
@@ -203,6 +206,7 @@ class WebSocket:
             if negotiated is not None:
                 extensions, self._deflate = negotiated
         response = handshake_module.accept_response(self._handshake, protocol, extensions)
+        self._join_groups()  # before the 101: the client misses nothing published after it
         try:
             self._sock.sendall(response)
         except OSError:
@@ -226,6 +230,7 @@ class WebSocket:
         if self.ping_interval is not None:
             _start_keepalive()
         gevent.spawn_raw(self._read_loop)
+        self._join_groups()
 
     def _ensure_accepted(self) -> None:
         if self.state is CONNECTING:
@@ -448,6 +453,7 @@ class WebSocket:
             return
         self.state = CLOSED
         _open_websockets.discard(self)
+        self._leave_groups()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -479,6 +485,260 @@ class WebSocket:
             return
         code = 1011 if status_code >= 500 else 1008
         self.close(code, status_text.encode()[:123].decode(errors="ignore"))
+
+    # Groups.
+    #
+    # Subscriptions, and how group messages reach the client, or the view.
+    # The process's writer greenlet (see broadcast.base) gives each message
+    # to every websocket of its group, and never waits: the frame goes out
+    # at once if the socket takes it; otherwise it waits in the send queue
+    # (the outbox) for a flusher greenlet of the connection's own, which
+    # waits for the client, and so do the frames that follow. The broadcast package reads
+    # Django's settings: it is imported on use, as this module knows no
+    # Django. The attributes below start as class attributes and are set on
+    # first use, which keeps this section apart from __init__.
+
+    #: The most bytes of group messages that may wait for this connection
+    #: (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for no limit.
+    max_send_queue: int | None = 1024 * 1024
+    _groups: dict[str, bool] | None = None  # group -> forward to the client
+    # Called when the handshake is accepted; returns more groups to join.
+    # The Django side sets it: the user's group and the broadcast group.
+    _default_groups: Callable[[], Iterable[str]] | None = None
+    _outbox: deque | None = None  # (frame bytes or GroupMessage, size)
+    _outbox_size = 0  # bytes in the outbox and in _partial
+    _partial: bytes | None = None  # the end of a frame half written, under the write lock
+    _flusher = None  # the greenlet that empties the outbox, while it runs
+    _flusher_waits_for_view = False
+    _joined = False  # the subscriptions took effect
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this websocket is in; empty once it is closed."""
+        return frozenset(self._groups or ())
+
+    def subscribe(self, group: str, *, forward: bool = True) -> None:
+        """
+        Join ``group``: get what :func:`~django_websocket.publish` sends to it.
+
+        The group's messages go straight to the client. Set ``forward`` to
+        :obj:`False` to get them in the view instead, as
+        :class:`~django_websocket.GroupMessage` objects among the client's
+        messages, from :meth:`wait`, :meth:`read` and iteration; the view
+        may then filter or transform them and :meth:`send` what it wants.
+        Subscribing again to a group changes ``forward``.
+
+        Before the handshake is accepted, the subscription takes effect when
+        it is, before the client gets the response: the client misses no
+        message published after it is connected. The websocket leaves every
+        group when it closes.
+
+        Raises:
+            TypeError: ``group`` is not a :class:`str`.
+            ValueError: ``group`` is not a valid group name: 1 to 100 ASCII
+                letters, digits, ``-``, ``_``, ``.`` or ``:``, not starting
+                with ``django_websocket.``.
+
+        """
+        from .broadcast.base import check_group
+
+        self._join(check_group(group), forward)
+
+    def unsubscribe(self, group: str) -> None:
+        """Leave ``group``; do nothing if this websocket is not in it."""
+        groups = self._groups
+        if groups is None or groups.pop(group, None) is None:
+            return
+        if self._joined and self.state is not CLOSED:
+            from .broadcast import _leave
+
+            _leave(self, group)
+
+    def _join(self, group: str, forward: bool = True) -> None:
+        if self.state is CLOSED:
+            return
+        if self._groups is None:
+            self._groups = {}
+        self._groups[group] = forward
+        if self._joined:
+            from .broadcast import _join
+
+            _join(self, group, forward)
+
+    def _join_groups(self) -> None:
+        # The handshake is being accepted: subscriptions take effect, before
+        # the 101 goes out. Messages are delivered once the state is OPEN.
+        if self._joined or self.state is CLOSED:
+            return
+        self._joined = True
+        default, self._default_groups = self._default_groups, None
+        if default is not None:
+            for group in default():
+                if self._groups is None:
+                    self._groups = {}
+                self._groups.setdefault(group, True)
+        if self._groups:
+            from .broadcast import _join
+
+            for group, forward in list(self._groups.items()):
+                _join(self, group, forward)
+
+    def _leave_groups(self) -> None:
+        # The connection is closed: leave every group.
+        groups, self._groups = self._groups, None
+        if groups:
+            from .broadcast import _leave
+
+            for group in groups:
+                _leave(self, group)
+        if self._flusher_waits_for_view:
+            # The flusher waits for room in the view's queue: no one reads it now.
+            gevent.kill(self._flusher)
+
+    def _deliver(self, frame: bytes) -> None:
+        """
+        Give a group message's frame to the client; called by the writer greenlet. Never waits.
+
+        The frame goes out at once when nothing else waits and the socket
+        takes it; otherwise the flusher writes it, or the rest of it.
+        Skips a closing connection.
+
+        """
+        if self._sent_close is not None or self.state is not OPEN:
+            return
+        lock = self._write_lock
+        if self._outbox or self._flusher is not None or lock.locked():
+            self._enqueue(frame, len(frame))
+            return
+        lock.acquire()
+        try:
+            sent = self._sock.send(frame, 0, timeout=0.0)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            lock.release()
+            self._connection_lost()
+            return
+        if sent == len(frame):
+            lock.release()
+        elif sent:
+            # The flusher writes the rest; the lock stays held until then,
+            # so that no other frame starts in the middle of this one.
+            self._partial = frame[sent:]
+            self._outbox_size += len(frame) - sent
+            self._flusher = gevent.spawn_raw(self._flush)
+        else:
+            lock.release()
+            self._enqueue(frame, len(frame))
+
+    def _deliver_to_view(self, message, size: int) -> None:
+        """Give a group message to the view, like :meth:`_deliver`; ``size`` is its payload's."""
+        if self._sent_close is not None or self.state is not OPEN or self._ended:
+            return
+        if not self._outbox and self._flusher is None and not self._queue.full():
+            self._queue.put_nowait(message)
+        else:
+            self._enqueue(message, size)
+
+    def _enqueue(self, item, size: int) -> None:
+        # Into the outbox, for the flusher.
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        limit = self.max_send_queue
+        # A message over the limit on its own still goes when nothing waits.
+        if limit is not None and self._outbox_size and self._outbox_size + size > limit:
+            self._send_queue_full()
+            return
+        outbox.append((item, size))
+        self._outbox_size += size
+        if self._flusher is None:
+            self._flusher = gevent.spawn_raw(self._flush)
+
+    def _take_frames(self) -> tuple[bytes, int, int]:
+        # The frames at the head of the outbox, joined: data, count, size.
+        outbox = self._outbox
+        data, size = outbox[0]
+        if len(outbox) == 1:
+            return data, 1, size
+        frames = [data]
+        for item, item_size in islice(outbox, 1, None):
+            if type(item) is not bytes or size >= 262144:
+                break
+            frames.append(item)
+            size += item_size
+        return (b"".join(frames) if len(frames) > 1 else data), len(frames), size
+
+    def _flush(self) -> None:
+        # The flusher greenlet: writes the outbox, waiting for the client
+        # (up to send_timeout), or for room in the view's queue.
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        try:
+            partial, self._partial = self._partial, None
+            if partial is not None:
+                try:
+                    self._sock.sendall(partial)
+                except OSError:
+                    self._connection_lost()
+                    raise self._closed_error() from None
+                finally:
+                    self._write_lock.release()
+                self._outbox_size -= len(partial)
+            while outbox:
+                item, size = outbox[0]
+                if type(item) is bytes:
+                    data, count, size = self._take_frames()
+                    self._write(data)
+                    for _ in range(count):
+                        outbox.popleft()
+                else:
+                    if self._sent_close is None and not self._ended:
+                        # The view gets every group message, at its own pace.
+                        self._flusher_waits_for_view = True
+                        try:
+                            self._queue.put(item)
+                        finally:
+                            self._flusher_waits_for_view = False
+                    outbox.popleft()
+                self._outbox_size -= size
+        except ConnectionClosed:
+            outbox.clear()
+            self._outbox_size = 0
+        finally:
+            self._flusher = None
+
+    def _send_queue_full(self) -> None:
+        outbox = self._outbox
+        who = "the view" if outbox and type(outbox[0][0]) is not bytes else "the client"
+        logger.warning(
+            "closing a websocket with 1008: %d bytes of group messages wait for %s "
+            "(WEBSOCKET_MAX_SEND_QUEUE is %d)",
+            self._outbox_size, who, self.max_send_queue,
+        )
+        self._abort(1008, "send queue full")
+
+    def _abort(self, code: int, reason: str) -> None:
+        """Close at once, without waiting on a client that does not read."""
+        if self._sent_close is None and not self._done.is_set():
+            self._sent_close = (code, reason)
+            if not self._write_lock.locked():
+                # No frame is half written: the close frame goes out if the
+                # socket takes it at once.
+                try:
+                    self._sock.send(engine.encode_close(code, reason), 0, timeout=0.0)
+                except OSError:
+                    pass
+        try:
+            # Reset the connection when the socket is closed, dropping the
+            # data the client did not read.
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self._discard_messages()
+        self._end_messages()
+        self._connection_lost()
 
     # Keepalive.
 

