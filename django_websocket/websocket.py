@@ -223,8 +223,6 @@ class WebSocket:
         self.state = OPEN
         self._parser = engine.Parser(self.max_message_size, self._deflate)
         self._queue = Queue(self.max_queue)
-        # One timeout bounds every write; the reader ignores it while idle.
-        self._sock.settimeout(self.send_timeout)
         self._last_received = time.monotonic()
         _open_websockets.add(self)
         if self.ping_interval is not None:
@@ -336,10 +334,30 @@ class WebSocket:
             if self._sent_close is not None or self._done.is_set():
                 raise self._closed_error()
             try:
-                self._sock.sendall(frame)
+                self._sendall(frame)
             except OSError:
                 self._connection_lost()
                 raise self._closed_error() from None
+
+    def _sendall(self, data: bytes) -> None:
+        """
+        Write ``data`` whole, under the write lock.
+
+        Most writes fit in the socket's buffer at once. Only one that does
+        not waits, and at most :attr:`send_timeout` seconds: a client that
+        does not read then loses its connection (``TimeoutError``). Arming
+        a timer only then, rather than giving the socket a timeout, keeps
+        timers off the path of every read and write.
+
+        """
+        try:
+            sent = self._sock.send(data, 0, timeout=0.0)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            message = f"the client read nothing for {self.send_timeout} seconds"
+            with gevent.Timeout(self.send_timeout, TimeoutError(message)):
+                self._sock.sendall(memoryview(data)[sent:])
 
     def _closed_error(self) -> ConnectionClosed:
         code, reason = (self._sent_close or (None, None))
@@ -393,7 +411,7 @@ class WebSocket:
                 return
             self._sent_close = (code, reason)
             try:
-                self._sock.sendall(engine.encode_close(code, reason))
+                self._sendall(engine.encode_close(code, reason))
             except OSError:
                 self._connection_lost()
                 return
@@ -679,7 +697,7 @@ class WebSocket:
             partial, self._partial = self._partial, None
             if partial is not None:
                 try:
-                    self._sock.sendall(partial)
+                    self._sendall(partial)
                 except OSError:
                     self._connection_lost()
                     raise self._closed_error() from None
@@ -790,11 +808,7 @@ class WebSocket:
                             self._handle(event)
                     if parser.closed:
                         return
-                try:
-                    data = recv(RECV_SIZE)
-                except TimeoutError:
-                    data = None  # idle past send_timeout: keep waiting
-                    continue
+                data = recv(RECV_SIZE)
                 if not data:
                     return
                 self._last_received = time.monotonic()

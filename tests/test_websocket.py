@@ -772,3 +772,29 @@ def test_close_all(pairs):
         assert websocket.wait() is None
     assert waiting.state == "CONNECTING"
     bystander.assert_nothing_sent(pairs.server_socket(waiting))
+
+
+# The send timeout: a client that does not read.
+
+
+def test_send_to_a_client_that_does_not_read_times_out(pairs):
+    websocket, client = pairs.open(send_timeout=200 * MS)
+    websocket.accept()
+    client.handshake()
+    started = time.monotonic()
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(1000):  # far more than the socket buffers hold
+            websocket.send(b"x" * 65536)
+    assert 200 * MS <= time.monotonic() - started < TIMEOUT
+    assert info.value.code == 1006
+    assert websocket.closed
+
+
+def test_send_timeout_does_not_apply_to_reads(pairs):
+    websocket, client = pairs.open(send_timeout=50 * MS)
+    websocket.accept()
+    client.handshake()
+    with pytest.raises(TimeoutError):
+        websocket.wait(timeout=200 * MS)  # idle for longer than the send timeout
+    client.send_text("still here")
+    assert websocket.wait(timeout=TIMEOUT) == "still here"
