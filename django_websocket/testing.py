@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 from http.client import parse_headers
 from io import BytesIO
 
@@ -47,7 +49,14 @@ from .exceptions import ConnectionClosed, WebSocketError
 from .handshake import accept_key
 from .worker import WebSocketHandler
 
-__all__ = ["WebSocketClient", "TestWebSocket", "HandshakeRefused"]
+__all__ = [
+    "WebSocketClient",
+    "TestWebSocket",
+    "HandshakeRefused",
+    "capture_published",
+    "Published",
+    "PublishedMessages",
+]
 
 #: Seconds a test waits for a message, a handshake or the view's end.
 DEFAULT_TIMEOUT = 5.0
@@ -367,3 +376,65 @@ class TestWebSocket:
                 self._join_server()
             except TimeoutError:
                 pass
+
+
+class Published(NamedTuple):
+    """A message that was published to ``group``."""
+
+    group: str
+    message: str | bytes
+
+
+class PublishedMessages(list):
+    """
+    The messages published while :func:`capture_published` records.
+
+    A list of :class:`Published` items, in order, with shortcuts to the
+    messages sent to a group, to a user, or to everyone.
+
+    """
+
+    def to_group(self, group: str) -> list[str | bytes]:
+        """Return the messages :func:`~django_websocket.publish` sent to ``group``."""
+        return [message for name, message in self if name == group]
+
+    def to_user(self, user) -> list[str | bytes]:
+        """Return the messages :func:`~django_websocket.send_to_user` sent to ``user``."""
+        from .broadcast.base import user_group
+
+        return self.to_group(user_group(user))
+
+    def to_everyone(self) -> list[str | bytes]:
+        """Return the messages :func:`~django_websocket.broadcast` sent."""
+        from .broadcast.base import BROADCAST_GROUP
+
+        return self.to_group(BROADCAST_GROUP)
+
+    def append(self, item) -> None:
+        super().append(Published(*item))
+
+
+@contextmanager
+def capture_published() -> Iterator[PublishedMessages]:
+    """
+    Record what :func:`~django_websocket.publish`,
+    :func:`~django_websocket.send_to_user` and
+    :func:`~django_websocket.broadcast` send, in the spirit of Django's
+    ``mail.outbox``; no websocket needs to be connected::
+
+        with capture_published() as published:
+            self.client.post("/articles/", {"title": "Hello"})
+        self.assertEqual(published.to_group("news"), ["New article: Hello"])
+
+    Messages are still delivered as usual. A message that the backend failed
+    to publish is not recorded.
+
+    """
+    from .broadcast import _captures
+
+    published = PublishedMessages()
+    _captures.append(published)
+    try:
+        yield published
+    finally:
+        _captures.remove(published)

@@ -7,8 +7,13 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import TestCase, override_settings
 
-from django_websocket import ConnectionClosed
-from django_websocket.testing import HandshakeRefused, WebSocketClient
+from django_websocket import ConnectionClosed, broadcast, publish, send_to_user
+from django_websocket.testing import (
+    HandshakeRefused,
+    Published,
+    WebSocketClient,
+    capture_published,
+)
 
 #: The time unit of the tests; set WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
 MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
@@ -169,3 +174,53 @@ class ConcurrentConnectionsTests(TestCase):
             self.assertEqual(second.receive(), "two")
             self.assertEqual(first.receive(), "one")
         self.assertEqual((first.close_code, second.close_code), (1000, 1000))
+
+
+@override_settings(ROOT_URLCONF="tests.urls_broadcast")
+class BroadcastInTestsTests(TestCase):
+    """With the in-memory backend, test code publishes to test clients."""
+
+    @classmethod
+    def setUpTestData(cls):
+        cls.alice = get_user_model().objects.create_user("alice")
+        cls.bob = get_user_model().objects.create_user("bob")
+
+    def test_publish_reaches_a_test_client(self):
+        client = WebSocketClient(timeout=2000 * MS)
+        with client.connect("/broadcast/listen/?group=news") as ws:
+            self.assertTrue(ws.receive().startswith("subscribed"))
+            publish("news", "extra!")
+            self.assertEqual(ws.receive(), "extra!")
+
+    def test_send_to_user_reaches_that_user_only(self):
+        alice, bob = WebSocketClient(timeout=2000 * MS), WebSocketClient(timeout=2000 * MS)
+        alice.force_login(self.alice)
+        bob.force_login(self.bob)
+        with alice.connect("/broadcast/listen/") as alice_ws, bob.connect("/broadcast/listen/") as bob_ws:
+            alice_ws.receive(), bob_ws.receive()  # "subscribed"
+            send_to_user(self.alice, "for alice")
+            broadcast("for everyone")
+            self.assertEqual(alice_ws.receive(), "for alice")
+            self.assertEqual(alice_ws.receive(), "for everyone")
+            self.assertEqual(bob_ws.receive(), "for everyone")
+            with self.assertRaises(TimeoutError):
+                bob_ws.receive(timeout=50 * MS)
+
+    def test_capture_published_without_a_client(self):
+        with capture_published() as published:
+            self.client.get("/broadcast/publish/?group=news&message=hello")
+            send_to_user(self.bob, "hi bob")
+            send_to_user(self.alice.pk, b"\x00")
+            broadcast("everyone")
+        self.assertEqual(published.to_group("news"), ["hello"])
+        self.assertEqual(published.to_user(self.bob), ["hi bob"])
+        self.assertEqual(published.to_user(self.alice), [b"\x00"])
+        self.assertEqual(published.to_everyone(), ["everyone"])
+        self.assertEqual(len(published), 4)
+        self.assertEqual(published[0], Published("news", "hello"))
+
+    def test_capture_stops_recording_after_the_block(self):
+        with capture_published() as published:
+            publish("news", "inside")
+        publish("news", "outside")
+        self.assertEqual(published.to_group("news"), ["inside"])

@@ -89,8 +89,15 @@ def broadcast(message: Message | bytearray | memoryview) -> None:
     _publish(BROADCAST_GROUP, message)
 
 
+# Lists that django_websocket.testing.capture_published() fills.
+_captures: list[list] = []
+
+
 def _publish(group: str, message: Message | bytearray | memoryview) -> None:
-    get_backend().publish(group, normalize(message))
+    message = normalize(message)
+    get_backend().publish(group, message)
+    for capture in _captures:
+        capture.append((group, message))
 
 
 def get_backend() -> BaseBackend:
