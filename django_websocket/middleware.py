@@ -45,9 +45,8 @@ def attach(request: HttpRequest) -> WebSocket | None:
         from .worker import adopt
 
         websocket = adopt(request.META)
-    is_websocket = websocket is not None
     request.websocket = websocket
-    request.is_websocket = lambda: is_websocket
+    request.is_websocket = _true if websocket is not None else _false
     if websocket is not None:
         websocket.max_send_queue = settings.MAX_SEND_QUEUE
         default_groups = partial(_default_groups, request)
@@ -60,6 +59,14 @@ def attach(request: HttpRequest) -> WebSocket | None:
             for group in default_groups():
                 websocket._join(group)
     return websocket
+
+
+def _true() -> bool:
+    return True
+
+
+def _false() -> bool:
+    return False
 
 
 def _default_groups(request: HttpRequest) -> list[str]:

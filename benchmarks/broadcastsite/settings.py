@@ -1,0 +1,19 @@
+"""
+The broadcast benchmark's site: the benchmark site's settings, a view that joins a group.
+
+``BENCH_REDIS_URL`` set: the Redis backend there; unset: the in-memory one.
+
+"""
+
+import os
+
+from benchsite.settings import *  # noqa: F401,F403
+
+ROOT_URLCONF = "broadcastsite.urls"
+WSGI_APPLICATION = "broadcastsite.wsgi.application"
+
+if os.environ.get("BENCH_REDIS_URL"):
+    WEBSOCKET_BROADCAST = {
+        "BACKEND": "django_websocket.broadcast.redis.RedisBackend",
+        "LOCATION": os.environ["BENCH_REDIS_URL"],
+    }
