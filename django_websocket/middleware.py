@@ -48,7 +48,6 @@ def attach(request: HttpRequest) -> WebSocket | None:
     request.websocket = websocket
     request.is_websocket = _true if websocket is not None else _false
     if websocket is not None:
-        websocket.max_send_queue = settings.MAX_SEND_QUEUE
         default_groups = partial(_default_groups, request)
         if websocket.state is CONNECTING:
             # Joined when the handshake is accepted: request.user is only

@@ -82,18 +82,7 @@ class WebSocketHandler(BaseHandler):
         self.write(body)
 
     def _run_websocket(self, request: handshake.Handshake) -> None:
-        websocket = WebSocket(
-            self.socket,
-            request,
-            max_message_size=settings.MAX_MESSAGE_SIZE,
-            max_queue=settings.MAX_QUEUE,
-            close_timeout=settings.CLOSE_TIMEOUT,
-            compression=settings.COMPRESSION,
-            ping_interval=settings.PING_INTERVAL,
-            ping_timeout=settings.PING_TIMEOUT,
-            send_timeout=settings.SEND_TIMEOUT,
-            buffered=_buffered_input(self.socket, self.rfile),
-        )
+        websocket = _new_websocket(self.socket, self.rfile, request)
         self.environ[handshake.ENVIRON_KEY] = websocket
         # Whatever happens, this connection carries no further HTTP request.
         self.close_connection = True
@@ -125,6 +114,27 @@ class WebSocketHandler(BaseHandler):
 
     def log_request(self) -> None:
         pywsgi.WSGIHandler.log_request(self)
+
+
+def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebSocket:
+    """Create the websocket of a connection, with the ``WEBSOCKET_*`` settings."""
+    settings_options = {
+        "max_message_size": settings.MAX_MESSAGE_SIZE,
+        "max_queue": settings.MAX_QUEUE,
+        "close_timeout": settings.CLOSE_TIMEOUT,
+        "compression": settings.COMPRESSION,
+        "ping_interval": settings.PING_INTERVAL,
+        "ping_timeout": settings.PING_TIMEOUT,
+        "send_timeout": settings.SEND_TIMEOUT,
+    }
+    websocket = WebSocket(
+        sock,
+        request,
+        **{**settings_options, **options},
+        buffered=_buffered_input(sock, rfile),
+    )
+    websocket.max_send_queue = settings.MAX_SEND_QUEUE
+    return websocket
 
 
 def _buffered_input(sock, rfile) -> bytes:
@@ -174,18 +184,8 @@ def adopt(environ: dict) -> WebSocket | None:
         key=environ.get("HTTP_SEC_WEBSOCKET_KEY", ""),
         origin=environ.get("HTTP_ORIGIN"),
     )
-    websocket = WebSocket(
-        handler.socket,
-        request,
-        max_message_size=settings.MAX_MESSAGE_SIZE,
-        max_queue=settings.MAX_QUEUE,
-        close_timeout=settings.CLOSE_TIMEOUT,
-        compression=False,  # gevent-websocket answered without extensions
-        ping_interval=settings.PING_INTERVAL,
-        ping_timeout=settings.PING_TIMEOUT,
-        send_timeout=settings.SEND_TIMEOUT,
-        buffered=_buffered_input(handler.socket, handler.rfile),
-    )
+    # gevent-websocket answered without extensions: no compression.
+    websocket = _new_websocket(handler.socket, handler.rfile, request, compression=False)
     websocket.adopted = True
     websocket._open(None)
     environ[handshake.ENVIRON_KEY] = websocket

@@ -447,13 +447,6 @@ def test_invalid_max_send_queue(value):
     )
 
 
-def test_middleware_sets_max_send_queue(pairs):
-    with override_settings(WEBSOCKET_MAX_SEND_QUEUE=12345):
-        request, websocket, _ = upgrade_request(pairs)
-        attach(request)
-    assert websocket.max_send_queue == 12345
-
-
 # Users and everyone.
 
 

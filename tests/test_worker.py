@@ -24,3 +24,28 @@ def test_the_worker_uses_our_handler():
 
     assert GeventWebSocketWorker.wsgi_handler is GunicornWebSocketHandler
     assert issubclass(GunicornWebSocketHandler, WebSocketHandler)
+
+
+def test_websockets_get_the_settings():
+    import gevent.socket
+    from django.test import override_settings
+
+    from django_websocket.handshake import Handshake
+    from django_websocket.worker import _new_websocket
+
+    server, client = gevent.socket.socketpair()
+    try:
+        with override_settings(
+            WEBSOCKET_MAX_SEND_QUEUE=12345,
+            WEBSOCKET_MAX_MESSAGE_SIZE=678,
+            WEBSOCKET_COMPRESSION=False,
+        ):
+            websocket = _new_websocket(
+                server, server.makefile("rb"), Handshake(key="dGhlIHNhbXBsZSBub25jZQ==")
+            )
+        assert websocket.max_send_queue == 12345
+        assert websocket.max_message_size == 678
+        assert websocket.compression is False
+    finally:
+        server.close()
+        client.close()
