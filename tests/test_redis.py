@@ -255,7 +255,7 @@ def outage(tmp_path):
     """A Redis of its own and two gunicorn instances on it, for a test that stops Redis."""
     with ExitStack() as stack:
         redis_server = servers.start_redis(tmp_path / "redis.log")
-        stack.callback(lambda: servers.RUNNING and redis_server.stop())
+        stack.callback(redis_server.stop)
         env = broadcast_env(redis_url(redis_server))
         a = servers.start_gunicorn(tmp_path / "a.log", "--workers", "2", env=env)
         stack.callback(a.stop)

@@ -15,6 +15,7 @@ This module knows no Django.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -189,9 +190,7 @@ class Registry:
         if not members:
             return 0
         _jobs.append((group, opcode, payload, message, list(members.items())))
-        if not _writer[0]:
-            _writer[0] = True
-            gevent.spawn_raw(_write)
+        _start_writer()
         return len(members)
 
     def deliver_message(self, group: str, message: Message) -> int:
@@ -213,10 +212,28 @@ registry = Registry()
 # faster than one per connection and per message.
 
 _jobs: list = []  # (group, opcode, payload, message, members)
-_writer = [False]  # the writer greenlet was started and runs
+_writer_running = False
+
+
+def _after_fork() -> None:
+    # A greenlet of the parent does not run in the child.
+    global _writer_running
+    _writer_running = False
+    del _jobs[:]
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _start_writer() -> None:
+    global _writer_running
+    if not _writer_running:
+        _writer_running = True
+        gevent.spawn_raw(_write)
 
 
 def _write() -> None:
+    global _writer_running
     try:
         while _jobs:
             jobs = _jobs[:]
@@ -246,7 +263,7 @@ def _write() -> None:
                     except Exception:
                         logger.exception("cannot deliver a message of %s to %r", group, websocket)
     finally:
-        _writer[0] = False
+        _writer_running = False
 
 
 class BaseBackend:
