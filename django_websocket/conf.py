@@ -9,10 +9,8 @@ on first use, checked, and reloaded when a test changes them with
 
 from __future__ import annotations
 
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.dispatch import receiver
 
 __all__ = ["settings", "DEFAULTS"]
 
@@ -124,6 +122,15 @@ class Settings:
 
     def load(self) -> None:
         """Read and check every setting; raise ImproperlyConfigured if one is wrong."""
+        # Django's settings are touched only here, not at import: gunicorn
+        # imports the worker, hence this module, in its master process, where
+        # gevent's monkey-patching later inspects every object, which would
+        # set Django's lazy settings up before wsgi.py has set
+        # DJANGO_SETTINGS_MODULE. Until a first load, there is nothing to
+        # reload either, so the receiver is connected here too.
+        from django.conf import settings as django_settings
+
+        setting_changed.connect(reload, dispatch_uid="django_websocket.conf.reload")
         values = {
             name: _validate(name, getattr(django_settings, "WEBSOCKET_" + name, default))
             for name, default in DEFAULTS.items()
@@ -138,7 +145,6 @@ class Settings:
 settings = Settings()
 
 
-@receiver(setting_changed)
 def reload(*, setting: str, **kwargs) -> None:
     if setting.startswith("WEBSOCKET_"):
         settings.reset()

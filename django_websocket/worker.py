@@ -19,6 +19,7 @@ This is the only module that knows gevent-websocket's server side.
 from __future__ import annotations
 
 import logging
+import socket
 
 import gevent
 from gevent import pywsgi
@@ -118,6 +119,11 @@ class WebSocketHandler(BaseHandler):
 
 def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebSocket:
     """Create the websocket of a connection, with the ``WEBSOCKET_*`` settings."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # Small frames go out at once, not after Nagle's delay, whether or
+        # not gunicorn set TCP_NODELAY on the listener (it does not for
+        # inherited sockets such as --bind fd://).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     settings_options = {
         "max_message_size": settings.MAX_MESSAGE_SIZE,
         "max_queue": settings.MAX_QUEUE,

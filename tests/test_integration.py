@@ -539,3 +539,19 @@ def test_many_concurrent_connections(server):
         thread.join(2 * TIMEOUT)
     assert not [thread for thread in threads if thread.is_alive()], "some clients hang"
     assert not errors
+
+
+def test_settings_module_set_by_wsgi_py_only(tmp_path):
+    # As in a project whose wsgi.py calls os.environ.setdefault(): gunicorn
+    # imports the worker before gevent patches the worker process, and
+    # nothing may set Django's settings up before wsgi.py runs.
+    env = server_env()
+    del env["DJANGO_SETTINGS_MODULE"]
+    server = start_gunicorn(tmp_path / "server.log", env=env)
+    try:
+        with connect(server, "/echo/") as ws:
+            ws.send("hello")
+            assert ws.recv(TIMEOUT) == "hello"
+        assert "ImproperlyConfigured" not in server.log()
+    finally:
+        server.stop()
