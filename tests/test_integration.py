@@ -555,3 +555,27 @@ def test_settings_module_set_by_wsgi_py_only(tmp_path):
         assert "ImproperlyConfigured" not in server.log()
     finally:
         server.stop()
+
+
+# The stock gevent-websocket worker: the degraded mode.
+
+
+def test_stock_worker_runs_views_with_refusals_as_close_frames(tmp_path):
+    server = start_gunicorn(
+        tmp_path / "server.log",
+        "--worker-class", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+    )
+    try:
+        with connect(server, "/echo/") as ws:
+            ws.send("hello")
+            assert ws.recv(TIMEOUT) == "hello"
+        # The 101 went out before Django ran: a refusal can only close.
+        with connect(server, "/refuse/") as ws:
+            assert close_of(ws) == (1008, "403 Forbidden")
+        with connect(server, "/fail/") as ws:
+            assert ws.recv(TIMEOUT) == "about to fail"
+            assert close_of(ws) == (1011, "500 Internal Server Error")
+        log = server.log()
+        assert log.count("served by the stock geventwebsocket worker") == 1
+    finally:
+        server.stop()
