@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -79,6 +80,8 @@ class Server:
         self.process = process
         self.log_path = log_path
         self.port: int | None = None
+        #: Whether the server speaks HTTPS.
+        self.tls = False
         RUNNING.append(self)
 
     def __repr__(self) -> str:
@@ -201,11 +204,14 @@ _NO_CONTROL_SOCKET = (
 )
 
 
-def start_gunicorn(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+def start_gunicorn(
+    log_path: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+) -> Server:
     """
     Start gunicorn with our worker on a socket bound to port 0.
 
     ``args`` are extra gunicorn options. The access log goes to the log too.
+    Set ``tls`` when ``args`` make gunicorn serve HTTPS.
 
     """
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
@@ -221,6 +227,7 @@ def start_gunicorn(log_path: Path, *args: str, env: dict[str, str] | None = None
         ]
         server = _spawn(command, log_path, env or server_env(), pass_fds=[listener.fileno()])
         server.port = listener.getsockname()[1]
+        server.tls = tls
     # Our copy of the listener is closed: if gunicorn dies, clients get
     # "connection refused" at once instead of waiting in the backlog.
     try:
@@ -360,7 +367,16 @@ class Response:
 def http_get(server: Server, path: str, headers: dict[str, str] | None = None,
              timeout: float = TIMEOUT) -> Response:
     """Make a plain HTTP GET request."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    if server.tls:
+        # The test certificate is self-signed: this only checks readiness.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", server.port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()

@@ -8,8 +8,10 @@ operator observes: messages, close codes, HTTP responses, logs.
 """
 
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -18,6 +20,7 @@ import uuid
 import pytest
 import websocket as websocket_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as websockets_connect
 
 from .servers import (
     TIMEOUT,
@@ -577,5 +580,37 @@ def test_stock_worker_runs_views_with_refusals_as_close_frames(tmp_path):
             assert close_of(ws) == (1011, "500 Internal Server Error")
         log = server.log()
         assert log.count("served by the stock geventwebsocket worker") == 1
+    finally:
+        server.stop()
+
+
+# TLS terminated by gunicorn.
+
+
+def test_tls_with_gunicorn_certfile(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30 * TIMEOUT,
+    )
+    server = start_gunicorn(
+        tmp_path / "server.log", "--certfile", str(cert), "--keyfile", str(key), tls=True
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cert)
+    context.check_hostname = False
+    try:
+        uri = f"wss://127.0.0.1:{server.port}/echo/"
+        with websockets_connect(uri, ssl=context, open_timeout=TIMEOUT) as ws:
+            for message in ["hello", b"\x00" * 100_000, "x" * 300_000]:
+                ws.send(message)
+                assert ws.recv(TIMEOUT) == message
+        with websockets_connect(uri.replace("/echo/", "/fail/"), ssl=context) as ws:
+            assert ws.recv(TIMEOUT) == "about to fail"
+            assert close_of(ws) == (1011, "500 Internal Server Error")
     finally:
         server.stop()
