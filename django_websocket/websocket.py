@@ -110,6 +110,7 @@ class WebSocket:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         send_timeout: float | None = 30.0,
+        max_send_queue: int | None = 1024 * 1024,
         buffered: bytes = b"",
     ) -> None:
         self._sock = sock
@@ -162,6 +163,20 @@ class WebSocket:
         self._waiters = 0  # greenlets blocked in wait()
         self._has_read = False  # the view reads messages
         self._ends_queued = 0
+        #: The most bytes of group messages that may wait for this
+        #: connection (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for
+        #: no limit; it may change at any time.
+        self.max_send_queue = max_send_queue
+        self._groups: dict[str, bool] | None = None  # group -> forward to the client
+        # Called when the handshake is accepted; returns more groups to join.
+        # The Django side sets it: the user's group and the broadcast group.
+        self._default_groups: Callable[[], Iterable[str]] | None = None
+        self._joined = False  # the subscriptions took effect
+        self._outbox: deque | None = None  # (frame bytes or GroupMessage, size)
+        self._outbox_size = 0  # bytes in the outbox and in _partial
+        self._partial: bytes | None = None  # a frame's end, half written, under the write lock
+        self._flusher = None  # the greenlet that empties the outbox, while it runs
+        self._flusher_waits_for_view = False
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.state} protocol={self.protocol!r}>"
@@ -511,24 +526,9 @@ class WebSocket:
     # to every websocket of its group, and never waits: the frame goes out
     # at once if the socket takes it; otherwise it waits in the send queue
     # (the outbox) for a flusher greenlet of the connection's own, which
-    # waits for the client, and so do the frames that follow. The broadcast package reads
-    # Django's settings: it is imported on use, as this module knows no
-    # Django. The attributes below start as class attributes and are set on
-    # first use, which keeps this section apart from __init__.
-
-    #: The most bytes of group messages that may wait for this connection
-    #: (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for no limit.
-    max_send_queue: int | None = 1024 * 1024
-    _groups: dict[str, bool] | None = None  # group -> forward to the client
-    # Called when the handshake is accepted; returns more groups to join.
-    # The Django side sets it: the user's group and the broadcast group.
-    _default_groups: Callable[[], Iterable[str]] | None = None
-    _outbox: deque | None = None  # (frame bytes or GroupMessage, size)
-    _outbox_size = 0  # bytes in the outbox and in _partial
-    _partial: bytes | None = None  # the end of a frame half written, under the write lock
-    _flusher = None  # the greenlet that empties the outbox, while it runs
-    _flusher_waits_for_view = False
-    _joined = False  # the subscriptions took effect
+    # waits for the client, and so do the frames that follow. The broadcast
+    # package reads Django's settings: it is imported on use, as this module
+    # knows no Django.
 
     @property
     def groups(self) -> frozenset[str]:

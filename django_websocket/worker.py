@@ -132,15 +132,14 @@ def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebS
         "ping_interval": settings.PING_INTERVAL,
         "ping_timeout": settings.PING_TIMEOUT,
         "send_timeout": settings.SEND_TIMEOUT,
+        "max_send_queue": settings.MAX_SEND_QUEUE,
     }
-    websocket = WebSocket(
+    return WebSocket(
         sock,
         request,
         **{**settings_options, **options},
         buffered=_buffered_input(sock, rfile),
     )
-    websocket.max_send_queue = settings.MAX_SEND_QUEUE
-    return websocket
 
 
 def _buffered_input(sock, rfile) -> bytes:
