@@ -88,8 +88,8 @@ def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
 def _decorate(view: Callable, options: Options) -> Callable:
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        non_atomic = set(wrapper._non_atomic_requests)  # added above the decorator
-        return serve(request, view, args, kwargs, options, non_atomic)
+        # The aliases that @non_atomic_requests added above the decorator.
+        return serve(request, view, args, kwargs, options, wrapper._non_atomic_requests)
 
     wrapper.websocket_options = options
     # Django's make_view_atomic() must leave this view to serve().

@@ -36,7 +36,7 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ENVIRON_KEY = "django_websocket.websocket"
 
 
-@dataclass
+@dataclass(slots=True)
 class Handshake:
     """What a valid opening handshake asks for."""
 

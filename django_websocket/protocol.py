@@ -199,6 +199,12 @@ class Parser:
 
     """
 
+    __slots__ = (
+        "max_size", "inflater", "closed", "failed", "_header", "_opcode", "_remaining",
+        "_mask", "_offset", "_fin", "_control", "_message_opcode", "_parts", "_size",
+        "_compressed", "_decoder",
+    )
+
     def __init__(self, max_size: int | None = None, inflater=None) -> None:
         self.max_size = max_size
         self.inflater = inflater

@@ -3,10 +3,11 @@ The server side of one WebSocket connection, as a view sees it.
 
 A :class:`WebSocket` starts in the ``CONNECTING`` state: the client's
 handshake is valid, but nothing has been answered yet. :meth:`WebSocket.accept`
-writes the ``101 Switching Protocols`` and starts a reader greenlet, which
-parses frames, answers pings at once, and queues messages for the view in a
-bounded queue (when it is full, the reader stops reading and TCP pushes back
-on the client). Writes go through one lock, so any greenlet may send.
+writes the ``101 Switching Protocols`` and starts watching the socket: when
+data arrives, the hub parses it, answers pings at once, and queues messages
+for the view in a bounded inbox (when it is full, reading stops and TCP
+pushes back on the client). Writes go through one lock, so any greenlet may
+send.
 
 This module knows sockets and gevent, not Django.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import time
 import weakref
@@ -24,9 +26,10 @@ from itertools import islice
 from typing import Callable, Iterable, Iterator, Union
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
+from gevent.hub import Waiter, get_hub
 from gevent.lock import Semaphore
-from gevent.queue import Empty, Queue
 
 from . import handshake as handshake_module
 from . import protocol as engine
@@ -45,8 +48,8 @@ CONNECTING, OPEN, CLOSED = "CONNECTING", "OPEN", "CLOSED"
 # is shrunk to what arrived.
 RECV_SIZE = 65536
 
-# Popped by a view blocked in wait() when no message will come any more.
-_END = object()
+# What a non-blocking read raises when no data is ready.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 # Every accepted websocket of this process that is not closed yet.
 _open_websockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()
@@ -97,6 +100,18 @@ class WebSocket:
     accepts the handshake.
 
     """
+
+    # Thousands of idle connections each hold one: no __dict__.
+    __slots__ = (
+        "__weakref__", "_sock", "_handshake", "_buffered", "_deflate", "_parser",
+        "max_message_size", "max_queue", "close_timeout", "compression",
+        "ping_interval", "ping_timeout", "send_timeout", "max_send_queue",
+        "adopted", "state", "protocol", "close_code", "close_reason",
+        "_last_received", "_ping_sent", "_sent_close", "_pending_close", "_ended",
+        "_done", "_write_lock", "_inbox", "_waiters", "_room", "_reader", "_paused",
+        "_backlog", "_has_read", "_groups", "_default_groups", "_joined", "_outbox",
+        "_outbox_size", "_partial", "_flusher", "_flusher_waits_for_view",
+    )
 
     def __init__(
         self,
@@ -158,11 +173,14 @@ class WebSocket:
         self._ended = False  # no message will be queued any more
         self._done = Event()  # the TCP connection is closed
         self._write_lock = Semaphore()
-        self._queue: Queue | None = None
         self._parser: engine.Parser | None = None
-        self._waiters = 0  # greenlets blocked in wait()
+        self._inbox: list = []  # messages for the view; short, so a list
+        self._waiters: list[Waiter] = []  # views blocked in wait()
+        self._room: Waiter | None = None  # the flusher, waiting for room in the inbox
+        self._reader = None  # the io watcher that reads, while the socket is read
+        self._paused = False  # the inbox is full: reading waits for room
+        self._backlog: tuple[list, int] | None = None  # parsed events not dispatched yet
         self._has_read = False  # the view reads messages
-        self._ends_queued = 0
         #: The most bytes of group messages that may wait for this
         #: connection (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for
         #: no limit; it may change at any time.
@@ -225,7 +243,7 @@ class WebSocket:
         try:
             self._sock.sendall(response)
         except OSError:
-            # The client is gone: the reader finds the connection lost, and
+            # The client is gone: reading finds the connection lost, and
             # the view sees it as it would see any closed connection.
             pass
         self._open(protocol)
@@ -237,12 +255,11 @@ class WebSocket:
         self.protocol = protocol
         self.state = OPEN
         self._parser = engine.Parser(self.max_message_size, self._deflate)
-        self._queue = Queue(self.max_queue)
         self._last_received = time.monotonic()
         _open_websockets.add(self)
         if self.ping_interval is not None:
             _start_keepalive()
-        gevent.spawn_raw(self._read_loop)
+        self._start_reading()
         self._join_groups()
 
     def _ensure_accepted(self) -> None:
@@ -265,24 +282,16 @@ class WebSocket:
         """
         self._ensure_accepted()
         self._has_read = True
-        queue = self._queue
-        if not queue.qsize() or self._sent_close is not None:
-            if self._ended:
+        inbox = self._inbox
+        if not inbox or self._sent_close is not None:
+            if not self._ended:
+                self._park(timeout)
+            if not inbox or self._sent_close is not None:
                 self._reached_end()
                 return None
-            self._waiters += 1
-            try:
-                message = queue.get(timeout=timeout)
-            except Empty:
-                raise TimeoutError(f"no message within {timeout} seconds") from None
-            finally:
-                self._waiters -= 1
-        else:
-            message = queue.get_nowait()
-        if message is _END:
-            self._ends_queued -= 1
-            self._reached_end()
-            return None
+        message = inbox.pop(0)
+        if self._paused or self._room is not None:
+            self._make_room()
         return message
 
     def read(self, fallback: Message | None = None) -> Message | None:
@@ -295,24 +304,24 @@ class WebSocket:
         """
         self._ensure_accepted()
         self._has_read = True
-        try:
-            if self._sent_close is not None:
-                raise Empty  # nothing is delivered after the server's close frame
-            message = self._queue.get_nowait()
-        except Empty:
+        inbox = self._inbox
+        # Nothing is delivered after the server's close frame.
+        if not inbox or self._sent_close is not None:
             if self._ended:
                 self._reached_end()
             return fallback
-        if message is _END:
-            self._ends_queued -= 1
-            self._reached_end()
-            return fallback
+        message = inbox.pop(0)
+        if self._paused or self._room is not None:
+            self._make_room()
         return message
 
     def count_messages(self) -> int:
         """Return how many received messages are queued for :meth:`read`."""
         self._ensure_accepted()
-        return self._queue.qsize() - self._ends_queued
+        if self._ended and not self._inbox:
+            # A view that polls sees the end here: the close may go out.
+            self._reached_end()
+        return len(self._inbox)
 
     def has_messages(self) -> bool:
         """Tell whether :meth:`read` would return a message now."""
@@ -367,7 +376,7 @@ class WebSocket:
         """
         try:
             sent = self._sock.send(data, 0, timeout=0.0)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             sent = 0
         if sent < len(data):
             message = f"the client read nothing for {self.send_timeout} seconds"
@@ -387,7 +396,7 @@ class WebSocket:
 
     @property
     def closed(self) -> bool:
-        """Tell whether the connection is closed or closing: no message can be sent."""
+        """Whether no message can be sent any more, as the connection is closed or closing."""
         return self._sent_close is not None or self._done.is_set()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -431,7 +440,7 @@ class WebSocket:
                 self._connection_lost()
                 return
         # The view gets no message after a close frame went out; dropping
-        # them also frees a reader blocked on a full queue, so that it can
+        # them also resumes reading paused by a full inbox, so that it can
         # read the client's close frame.
         self._discard_messages()
         self._end_messages()
@@ -449,9 +458,12 @@ class WebSocket:
         :attr:`close_timeout` does not delay the close any longer.
 
         """
-        self._end_messages()
+        if self._pending_close is not None:
+            return  # the first reason to close wins
+        # A view that reads and is not waiting now handles a message.
         busy = self._has_read and not self._waiters
-        if self._queue.qsize() - self._ends_queued == 0 and not busy:
+        self._end_messages()
+        if not self._inbox and not busy:
             self._send_close(code, reason)
             return
         self._pending_close = (code, reason)
@@ -464,28 +476,25 @@ class WebSocket:
             self._send_close(*pending)
 
     def _discard_messages(self) -> None:
-        queue = self._queue
-        kept = 0
-        while queue.qsize() > kept:
-            message = queue.get_nowait()
-            if message is _END:
-                queue.put_nowait(message)
-                kept += 1
+        # Reading resumes if the inbox was full: the client's close frame
+        # may be behind the dropped messages.
+        self._inbox.clear()
+        self._make_room()
 
     def _end_messages(self) -> None:
         # No message will be queued any more: wake the views that wait.
         if self._ended:
             return
         self._ended = True
-        for _ in range(self._waiters):
-            self._ends_queued += 1
-            self._queue.put_nowait(_END)
+        self._wake_views()
 
     def _shutdown(self) -> None:
         if self._done.is_set():
             return
         self.state = CLOSED
         _open_websockets.discard(self)
+        self._stop_reading()
+        self._backlog = None
         self._leave_groups()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -513,11 +522,16 @@ class WebSocket:
         """
         if self.state is not OPEN:
             return
-        if status_code < 300:
-            self.close(1000)
-            return
-        code = 1011 if status_code >= 500 else 1008
-        self.close(code, status_text.encode()[:123].decode(errors="ignore"))
+        try:
+            if status_code < 300:
+                self.close(1000)
+            else:
+                code = 1011 if status_code >= 500 else 1008
+                self.close(code, status_text.encode()[:123].decode(errors="ignore"))
+        finally:
+            # The server closes the socket next, whatever happened: the
+            # watcher that reads it must be gone by then.
+            self._connection_lost()
 
     # Groups.
     #
@@ -615,7 +629,7 @@ class WebSocket:
 
     def _deliver(self, frame: bytes) -> None:
         """
-        Give a group message's frame to the client; called by the writer greenlet. Never waits.
+        Give a frame to the client without waiting: a group message's, a ping or a pong.
 
         The frame goes out at once when nothing else waits and the socket
         takes it; otherwise the flusher writes it, or the rest of it.
@@ -653,8 +667,9 @@ class WebSocket:
         """Give a group message to the view, like :meth:`_deliver`; ``size`` is its payload's."""
         if self._sent_close is not None or self.state is not OPEN or self._ended:
             return
-        if not self._outbox and self._flusher is None and not self._queue.full():
-            self._queue.put_nowait(message)
+        if not self._outbox and self._flusher is None and len(self._inbox) < self.max_queue:
+            self._inbox.append(message)
+            self._wake_views()
         else:
             self._enqueue(message, size)
 
@@ -716,7 +731,7 @@ class WebSocket:
                         # The view gets every group message, at its own pace.
                         self._flusher_waits_for_view = True
                         try:
-                            self._queue.put(item)
+                            self._put_when_room(item)
                         finally:
                             self._flusher_waits_for_view = False
                     outbox.popleft()
@@ -776,63 +791,187 @@ class WebSocket:
                 return max(0.01, min(1.0, (timeout or 1.0) / 4))
         if now - self._last_received >= interval:
             self._ping_sent = now
-            gevent.spawn(self._ping)
+            self._deliver(_PING)
         return max(0.01, min(1.0, interval / 4))
-
-    def _ping(self) -> None:
-        try:
-            self._write(engine.encode_frame(engine.OP_PING, b""))
-        except ConnectionClosed:
-            pass
 
     def _keepalive_failed(self) -> None:
         logger.info("closing a websocket: no answer to a ping within %s s", self.ping_timeout)
         self.close(1011, "keepalive ping timeout")
 
-    # The reader greenlet.
+    # Reading.
+    #
+    # No greenlet waits on the socket: an io watcher calls _on_readable in
+    # the hub whenever data arrives, and the messages it parses go to the
+    # inbox, where the view finds them. An idle connection costs a watcher
+    # instead of a greenlet and its stack, and a message reaches a waiting
+    # view with one switch. The hub must never block: pongs go through the
+    # send queue, like group messages, and closing runs in a greenlet.
 
-    def _read_loop(self) -> None:
-        parser = self._parser
-        recv = self._sock.recv
-        put = self._queue.put
+    def _start_reading(self) -> None:
+        hub = get_hub()
+        self._reader = hub.loop.io(self._sock.fileno(), 1)
+        self._reader.start(self._on_readable)
         data, self._buffered = self._buffered, b""
+        if data:
+            hub.loop.run_callback(self._on_data, data)
+
+    def _stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _on_readable(self) -> None:
+        # Called in the hub when the socket has data, or is closed.
+        if self._reader is None or self._paused:
+            return
+        sock = self._sock
+        # A read that would block must fail instead: the hub cannot wait.
+        # No other greenlet runs before the timeout is restored.
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
         try:
-            while True:
-                if data:
-                    for event in parser.feed(data):
-                        kind = type(event)
-                        if kind is str or kind is bytes:
-                            if self._sent_close is None:
-                                put(event)
-                        else:
-                            self._handle(event)
-                    if parser.closed:
-                        return
-                data = recv(RECV_SIZE)
-                if not data:
-                    return
-                self._last_received = time.monotonic()
+            data = sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return
         except OSError:
-            pass
+            data = b""
         finally:
-            if not parser.closed:
+            sock.settimeout(timeout)
+        if not data:
+            self._stop_reading()
+            if not self._parser.closed:
                 self._connection_lost()
+            return
+        self._last_received = time.monotonic()
+        self._on_data(data)
+        self._read_pending()
+
+    def _read_pending(self) -> None:
+        # With TLS, decrypted bytes may wait in the SSL object while the
+        # socket has nothing more: the watcher would not see them.
+        # (Looked up on the class: a gevent socket's __getattr__ is slow to fail.)
+        pending = getattr(type(self._sock), "pending", None)
+        if pending is not None and self._reader is not None and not self._paused:
+            if pending(self._sock):
+                get_hub().loop.run_callback(self._on_readable)
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            events = self._parser.feed(data)
+        except Exception:
+            logger.exception("error parsing websocket frames")
+            self._stop_reading()
+            gevent.spawn_raw(self._abort, 1011, "internal error")
+            return
+        self._dispatch(events, 0)
+
+    def _dispatch(self, events: list, index: int) -> None:
+        """Queue the messages among ``events`` for the view and act on the others."""
+        inbox = self._inbox
+        limit = self.max_queue
+        count = len(events)
+        while index < count:
+            event = events[index]
+            index += 1
+            kind = type(event)
+            if kind is str or kind is bytes:
+                if self._sent_close is not None:
+                    continue  # the view gets no message after a close frame
+                inbox.append(event)
+                if len(inbox) >= limit:
+                    # Full: stop reading until the view makes room, so
+                    # that TCP pushes back on the client.
+                    self._paused = True
+                    if self._reader is not None:
+                        self._reader.stop()
+                    if index < count:
+                        self._backlog = (events, index)
+                    break
+            elif kind is engine.Ping:
+                if self._sent_close is None:
+                    self._deliver(engine.encode_frame(engine.OP_PONG, event.payload))
+            elif kind is engine.Close or kind is ProtocolError:
+                gevent.spawn_raw(self._handle, event)
+        if self._parser.closed:
+            self._stop_reading()
+        if inbox:
+            self._wake_views()
+
+    def _make_room(self) -> None:
+        # Messages left the inbox: read again if it was full, and let in a
+        # group message that waits for room.
+        if len(self._inbox) >= self.max_queue:
+            return
+        room, self._room = self._room, None
+        if room is not None:
+            _wake(room)
+        if self._paused:
+            self._paused = False
+            backlog, self._backlog = self._backlog, None
+            if backlog is not None:
+                self._dispatch(*backlog)
+            if not self._paused and self._reader is not None:
+                self._reader.start(self._on_readable)
+                self._read_pending()
+
+    def _park(self, timeout: float | None) -> None:
+        """Wait until a message is queued, or none will come; at most ``timeout`` seconds."""
+        timer = None
+        if timeout is not None:
+            timer = gevent.Timeout(timeout, TimeoutError(f"no message within {timeout} seconds"))
+            timer.start()
+        try:
+            while not self._ended and (not self._inbox or self._sent_close is not None):
+                waiter = Waiter()
+                self._waiters.append(waiter)
+                try:
+                    waiter.get()
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def _wake_views(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                _wake(waiter)
+
+    def _put_when_room(self, message) -> None:
+        # The flusher gives a group message to the view once there is room.
+        while len(self._inbox) >= self.max_queue:
+            self._room = waiter = Waiter()
+            waiter.get()
+            if self._sent_close is not None or self._ended:
+                return
+        self._inbox.append(message)
+        self._wake_views()
 
     def _handle(self, event) -> None:
-        kind = type(event)
-        if kind is engine.Ping:
-            if self._sent_close is None:
-                try:
-                    self._write(engine.encode_frame(engine.OP_PONG, event.payload))
-                except ConnectionClosed:
-                    pass
-        elif kind is engine.Close:
+        # In a greenlet of its own: closing may wait for the client.
+        if self._done.is_set():
+            return
+        if type(event) is engine.Close:
             self.close_code, self.close_reason = event.code, event.reason
             if self._sent_close is not None:
                 self._shutdown()
             else:
                 # Echo the client's code, as RFC 6455 section 5.5.1 asks.
                 self._close_when_read(None if event.code == 1005 else event.code, "")
-        elif kind is ProtocolError:
+        else:
             logger.debug("failing the connection: %s", event)
             self._close_when_read(event.code, event.reason)
+
+
+_PING = engine.encode_frame(engine.OP_PING, b"")
+
+
+def _wake(waiter: Waiter) -> None:
+    """Resume the greenlet blocked in ``waiter.get()``: at once from the hub, else soon."""
+    if getcurrent() is waiter.hub:
+        waiter.switch(None)
+    else:
+        waiter.hub.loop.run_callback(waiter.switch, None)

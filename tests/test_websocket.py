@@ -553,6 +553,29 @@ def test_close_timeout(pairs):
     client.assert_closed()
 
 
+def test_client_close_is_echoed_to_a_view_that_polls(pairs):
+    # A view that reads, then polls with has_messages() instead of waiting,
+    # answers the client's close frame as soon as it polls, not after
+    # close_timeout.
+    websocket, client = pairs.open(close_timeout=10 * TIMEOUT)
+    websocket.accept()
+    client.handshake()
+    client.send_text("hello")
+    assert websocket.wait() == "hello"  # the view reads: the close waits for it
+
+    def poll():
+        while not websocket.has_messages() and not websocket.closed:
+            gevent.sleep(MS)
+
+    poller = gevent.spawn(poll)
+    try:
+        client.send_close(1000, "bye")
+        assert client.read_close() == (1000, "")  # within TIMEOUT, not 10 x TIMEOUT
+        poller.get(timeout=TIMEOUT)
+    finally:
+        poller.kill()
+
+
 @pytest.mark.parametrize("code", [1000, 1001, 1003, 1011, 3000, 4999, None])
 def test_client_close_is_echoed(connected, code):
     websocket, client = connected

@@ -124,6 +124,20 @@ class GroupMessage:
     message: Message
 
 
+class _Member(weakref.ref):
+    """A weak reference to a websocket in a group, that knows the group."""
+
+    # Every websocket is in a group or two: keep the reference small.
+    __slots__ = ("group",)
+
+    def __new__(cls, websocket, callback, group: str):
+        return super().__new__(cls, websocket, callback)
+
+    def __init__(self, websocket, callback, group: str) -> None:
+        super().__init__(websocket, callback)
+        self.group = group
+
+
 class Registry:
     """
     The websockets of this process, by group.
@@ -136,13 +150,14 @@ class Registry:
     def __init__(self) -> None:
         # group -> {weak reference to a websocket: forward}
         self._groups: dict[str, dict[weakref.ref, bool]] = {}
+        self._forget_member = self._forget  # one bound method for every reference
 
     def add(self, websocket, group: str, forward: bool = True) -> None:
         """Add ``websocket`` to ``group``, or change whether it forwards that group's messages."""
         members = self._groups.get(group)
         if members is None:
             members = self._groups[group] = {}
-        members[weakref.ref(websocket, lambda ref: self._forget(group, ref))] = forward
+        members[_Member(websocket, self._forget_member, group)] = forward
 
     def discard(self, websocket, group: str) -> bool:
         """Remove ``websocket`` from ``group``; tell whether this process has no member left."""
@@ -155,13 +170,13 @@ class Registry:
         del self._groups[group]
         return True
 
-    def _forget(self, group: str, ref: weakref.ref) -> None:
+    def _forget(self, ref: _Member) -> None:
         # A member was garbage-collected without leaving.
-        members = self._groups.get(group)
+        members = self._groups.get(ref.group)
         if members is not None:
             members.pop(ref, None)
             if not members:
-                del self._groups[group]
+                del self._groups[ref.group]
 
     def __contains__(self, group: str) -> bool:
         return bool(self._groups.get(group))
