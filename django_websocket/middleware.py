@@ -74,7 +74,20 @@ def _default_groups(request: HttpRequest) -> list[str]:
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         groups.append(user_group(user))
+    _close_idle_connections()
     return groups
+
+
+def _close_idle_connections() -> None:
+    # Loading the session and the user opened a database connection, that
+    # the request would hold as long as the websocket lives: one per open
+    # websocket, enough to exhaust the database. The next query opens one
+    # again. A transaction in progress is left alone.
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def check(request: HttpRequest, options: Options) -> HttpResponse | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 
 import gevent
 from gevent import pywsgi
@@ -60,8 +61,14 @@ class WebSocketHandler(BaseHandler):
         # A client gets HANDSHAKE_TIMEOUT seconds to send each of its request
         # line and headers, and an idle keep-alive connection as long to
         # start its next request: slow or silent clients don't hold a greenlet.
-        with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
-            return super().read_requestline()
+        if _stopping:
+            return ""  # the worker is stopping: no new request on this connection
+        _waiting_for_request.add(self)
+        try:
+            with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
+                return super().read_requestline()
+        finally:
+            _waiting_for_request.discard(self)
 
     def read_request(self, raw_requestline):
         try:
@@ -85,6 +92,9 @@ class WebSocketHandler(BaseHandler):
     def _run_websocket(self, request: handshake.Handshake) -> None:
         websocket = _new_websocket(self.socket, self.rfile, request)
         self.environ[handshake.ENVIRON_KEY] = websocket
+        # The parsed headers would live as long as the connection, next to
+        # their copies in the environ: read them back from there instead.
+        self.headers = _EnvironHeaders(self.environ)
         # Whatever happens, this connection carries no further HTTP request.
         self.close_connection = True
         try:
@@ -115,6 +125,43 @@ class WebSocketHandler(BaseHandler):
 
     def log_request(self) -> None:
         pywsgi.WSGIHandler.log_request(self)
+
+
+# Handlers blocked until their client starts a request: idle keep-alive
+# connections, mostly. A graceful stop does not wait for them.
+_waiting_for_request: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
+_stopping = False
+
+
+def _stop_waiting_for_requests() -> None:
+    """End the connections that are between requests, and serve no new request."""
+    global _stopping
+    _stopping = True
+    for handler in list(_waiting_for_request):
+        try:
+            # The blocked read returns nothing: the handler ends.
+            handler.socket.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass  # closed already
+
+
+class _EnvironHeaders:
+    """The request headers that pywsgi and gunicorn's access log look up, from the environ."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict) -> None:
+        self.environ = environ
+
+    def get(self, name: str, default=None):
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+
+    def items(self) -> list[tuple[str, str]]:
+        return [
+            (key[5:].replace("_", "-").title(), value)
+            for key, value in self.environ.items()
+            if key.startswith("HTTP_")
+        ]
 
 
 def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebSocket:
@@ -213,7 +260,9 @@ class GeventWebSocketWorker(BaseWorker):
 
     Use it with ``gunicorn -k django_websocket.worker.GeventWebSocketWorker``.
     On graceful shutdown (``SIGTERM``), every open websocket is closed with
-    1001 so that views can clean up before the worker exits.
+    1001 so that views can clean up before the worker exits, and HTTP
+    connections idle between requests are closed at once instead of
+    holding the worker until they time out.
 
     """
 
@@ -222,11 +271,22 @@ class GeventWebSocketWorker(BaseWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         # Django is set up now. The first worker speaks for all.
-        if self.cfg.workers > 1 and self.age == 1:
+        if self.age != 1:
+            return
+        if self.cfg.preload_app:
+            logger.warning(
+                "gunicorn --preload loaded Django before gevent patched the worker: its "
+                "greenlets share one database connection and thread-locals. Remove --preload "
+                "(preload_app) with django_websocket.worker.GeventWebSocketWorker."
+            )
+        if self.cfg.workers > 1:
             _check_broadcast(self.cfg.workers)
 
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
+        # gunicorn waits for every connection to end: end the idle ones now,
+        # and close the websockets so that their views return.
+        _stop_waiting_for_requests()
         gevent.spawn(close_all, 1001, "server shutting down")
 
 

@@ -7,6 +7,7 @@ operator observes: messages, close codes, HTTP responses, logs.
 
 """
 
+import http.client
 import os
 import shutil
 import signal
@@ -424,6 +425,17 @@ def test_session_cookie_authenticates_websocket(db_server):
         assert ws.recv(TIMEOUT) == "user=alice"
 
 
+def test_accepted_websocket_holds_no_database_connection(db_server):
+    # Loading the session and the user for the handshake opened a
+    # connection: an idle websocket must not keep it.
+    response = http_get(db_server, "/login/?username=dave")
+    cookies = [value.split(";")[0] for value in response.headers.get_all("Set-Cookie")]
+    [cookie] = [cookie for cookie in cookies if cookie.startswith("sessionid=")]
+    with connect(db_server, "/database-connection/", additional_headers={"Cookie": cookie}) as ws:
+        assert ws.recv(TIMEOUT) == "user=dave open=False"
+        assert ws.recv(TIMEOUT) == "after a query: open=True"
+
+
 def test_no_session_is_anonymous(db_server):
     with connect(db_server, "/whoami/") as ws:
         assert ws.recv(TIMEOUT) == "anonymous"
@@ -522,6 +534,37 @@ def test_sigterm_closes_websockets_with_1001(tmp_path):
         server.stop()
 
 
+def test_sigterm_does_not_wait_for_idle_keep_alive_connections(tmp_path):
+    # Browsers keep HTTP connections open between requests; a graceful stop
+    # must not wait for them to time out (WEBSOCKET_HANDSHAKE_TIMEOUT, 10 s).
+    server = start_gunicorn(tmp_path / "server.log", "--graceful-timeout", str(int(6 * TIMEOUT)))
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    try:
+        idle.request("GET", "/plain/")
+        response = idle.getresponse()
+        assert response.read() == b"plain view"
+        assert not response.will_close  # kept alive, idle from now on
+        start = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        server.process.wait(6 * TIMEOUT)
+        elapsed = time.monotonic() - start
+        assert elapsed < TIMEOUT, f"gunicorn took {elapsed:.1f} s to exit"
+        assert server.process.returncode == 0
+    finally:
+        idle.close()
+        server.stop()
+
+
+def test_preload_is_warned_about(tmp_path):
+    # With --preload, Django is set up in the master, before gevent patches
+    # the workers: their greenlets would share one database connection.
+    server = start_gunicorn(tmp_path / "server.log", "--preload")
+    try:
+        assert server.wait_for_log("gunicorn --preload loaded Django before gevent patched")
+    finally:
+        server.stop()
+
+
 def test_many_concurrent_connections(server):
     # Each connection is served by its own greenlet in a single worker.
     errors = []
@@ -609,6 +652,13 @@ def test_tls_with_gunicorn_certfile(tmp_path):
             for message in ["hello", b"\x00" * 100_000, "x" * 300_000]:
                 ws.send(message)
                 assert ws.recv(TIMEOUT) == message
+            # A burst of small messages arrives in a few TLS records: more
+            # than the inbox holds, so reading pauses and resumes, with
+            # decrypted bytes left in the SSL object.
+            burst = [f"message {number}" for number in range(500)]
+            for message in burst:
+                ws.send(message)
+            assert [ws.recv(TIMEOUT) for _ in burst] == burst
         with websockets_connect(uri.replace("/echo/", "/fail/"), ssl=context) as ws:
             assert ws.recv(TIMEOUT) == "about to fail"
             assert close_of(ws) == (1011, "500 Internal Server Error")

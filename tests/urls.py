@@ -8,6 +8,7 @@ urlpatterns = [
     path("plain/", views.plain),
     path("chat/", views.chat),
     path("login-required/", views.login_required_echo),
+    path("database-connection/", views.database_connection),
     path("refuse/", views.refuse),
     path("fail/", views.fail),
     path("queue/", views.queue),

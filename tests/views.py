@@ -43,6 +43,18 @@ def login_required_echo(request):
     request.websocket.send(f"user={request.user.username}")
 
 
+@login_required
+@require_websocket
+def database_connection(request):
+    """Tell whether the request still holds a database connection once accepted."""
+    from django.db import connection
+
+    request.websocket.accept()
+    request.websocket.send(f"user={request.user.username} open={connection.connection is not None}")
+    get_user_model().objects.count()
+    request.websocket.send(f"after a query: open={connection.connection is not None}")
+
+
 @require_websocket
 def refuse(request):
     if request.GET.get("token") != "secret":
