@@ -1,3 +1,5 @@
+import json
+
 from django.core.management.base import BaseCommand, CommandError
 
 from django_websocket import BroadcastError, broadcast, publish
@@ -11,10 +13,12 @@ class Command(BaseCommand):
         parser.add_argument("--room", help="only this room's websockets")
 
     def handle(self, *, message, room, **options):
+        # The example's pages speak JSON; the chat shows announcements to its room.
+        announcement = {"type": "announcement", "text": message}
         try:
             if room:
-                publish(f"room.{room}", message)
+                publish(f"room.{room}", json.dumps({**announcement, "room": room}))
             else:
-                broadcast(message)
+                broadcast(json.dumps(announcement))
         except BroadcastError as exc:
             raise CommandError(f"Not sent: {exc}") from exc

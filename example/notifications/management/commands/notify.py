@@ -1,0 +1,32 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from django_websocket import BroadcastError
+from django_websocket.broadcast import get_backend
+from django_websocket.broadcast.locmem import LocMemBackend
+from notifications.events import notify
+
+
+class Command(BaseCommand):
+    help = "Show a notification on every page that a user has open."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("text")
+
+    def handle(self, *, username, text, **options):
+        User = get_user_model()
+        try:
+            user = User.objects.get_by_natural_key(username)
+        except User.DoesNotExist:
+            raise CommandError(f"There is no user named {username}.") from None
+        if isinstance(get_backend(), LocMemBackend):
+            # It would reach the websockets of this process: there are none.
+            raise CommandError(
+                "The in-memory broadcast backend cannot reach the server's websockets: "
+                "run the server and this command with REDIS_URL set."
+            )
+        try:
+            notify(user, text)
+        except BroadcastError as exc:
+            raise CommandError(f"Not sent: {exc}") from exc
