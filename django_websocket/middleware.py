@@ -47,16 +47,10 @@ def attach(request: HttpRequest) -> WebSocket | None:
         websocket = adopt(request.META)
     request.websocket = websocket
     request.is_websocket = _true if websocket is not None else _false
-    if websocket is not None:
-        default_groups = partial(_default_groups, request)
-        if websocket.state is CONNECTING:
-            # Joined when the handshake is accepted: request.user is only
-            # loaded for websockets that a view accepts.
-            websocket._default_groups = default_groups
-        else:
-            # Adopted from the stock worker: the handshake is accepted already.
-            for group in default_groups():
-                websocket._join(group)
+    if websocket is not None and websocket.state is CONNECTING:
+        # Joined when the handshake is accepted: request.user is only
+        # loaded for websockets that a view accepts.
+        websocket._default_groups = partial(_default_groups, request)
     return websocket
 
 
@@ -70,23 +64,33 @@ def _false() -> bool:
 
 def _default_groups(request: HttpRequest) -> list[str]:
     """The groups of every websocket: broadcast(), and send_to_user() for its user."""
+    from django.db import connections
+
+    already_open = {c.alias for c in connections.all(initialized_only=True) if c.connection}
     groups = [BROADCAST_GROUP]
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         groups.append(user_group(user))
-    _close_idle_connections()
+    _close_connections(skip=already_open)  # the view's own are its business
     return groups
 
 
-def _close_idle_connections() -> None:
-    # Loading the session and the user opened a database connection, that
-    # the request would hold as long as the websocket lives: one per open
-    # websocket, enough to exhaust the database. The next query opens one
-    # again. A transaction in progress is left alone.
+def _close_connections(skip: set[str] = frozenset()) -> None:
+    """
+    Close the request's database connections, but for ``skip`` and transactions.
+
+    A request holds its connections until it finishes, and a websocket's
+    lasts as long as the connection: one database connection per open
+    websocket would exhaust the database. Those that middleware and
+    decorators opened (to load the session and the user, mostly) are closed
+    before the view runs, and one that joining the user's group opened is
+    closed at once; the next query opens one again.
+
+    """
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
+        if connection.alias not in skip and not connection.in_atomic_block:
             connection.close()
 
 
@@ -108,8 +112,8 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
                 "This URL only accepts WebSocket connections.", content_type="text/plain"
             )
         return None
-    if websocket.state is not CONNECTING:
-        return None
+    if websocket.state is not CONNECTING or websocket.adopted:
+        return None  # answered already: nothing to check
     origin = websocket.origin
     if origin is not None and not handshake.origin_allowed(
         origin,
@@ -121,6 +125,7 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
             content_type="text/plain",
         )
     websocket.protocol = handshake.select_protocol(websocket.protocols, options.protocols)
+    _close_connections()
     return None
 
 

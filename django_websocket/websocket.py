@@ -4,7 +4,7 @@ The server side of one WebSocket connection, as a view sees it.
 A :class:`WebSocket` starts in the ``CONNECTING`` state: the client's
 handshake is valid, but nothing has been answered yet. :meth:`WebSocket.accept`
 writes the ``101 Switching Protocols`` and starts watching the socket: when
-data arrives, the hub parses it, answers pings at once, and queues messages
+data arrives, the hub parses it, answers pings, and queues messages
 for the view in a bounded inbox (when it is full, reading stops and TCP
 pushes back on the client). Writes go through one lock, so any greenlet may
 send.
@@ -80,8 +80,9 @@ def _start_keepalive() -> None:
 
 def _keepalive_loop() -> None:
     # One greenlet for the whole process, not one per connection: it wakes
-    # up often enough for the shortest interval and spawns only what must
-    # wait on a socket. It ends with the last connection.
+    # up often enough for the shortest interval, sends pings without
+    # waiting, and spawns only the closes that must wait. It ends with the
+    # last connection.
     while True:
         now = time.monotonic()
         ticks = [websocket._check_alive(now) for websocket in list(_open_websockets)]
@@ -110,7 +111,7 @@ class WebSocket:
         "_last_received", "_ping_sent", "_sent_close", "_pending_close", "_ended",
         "_done", "_write_lock", "_inbox", "_waiters", "_room", "_reader", "_paused",
         "_backlog", "_has_read", "_groups", "_default_groups", "_joined", "_outbox",
-        "_outbox_size", "_partial", "_flusher", "_flusher_waits_for_view",
+        "_outbox_size", "_partial", "_flusher", "_flusher_waits_for_view", "_control",
     )
 
     def __init__(
@@ -194,6 +195,7 @@ class WebSocket:
         self._outbox_size = 0  # bytes in the outbox and in _partial
         self._partial: bytes | None = None  # a frame's end, half written, under the write lock
         self._flusher = None  # the greenlet that empties the outbox, while it runs
+        self._control: dict[int, bytes] | None = None  # pings and pongs a greenlet will write
         self._flusher_waits_for_view = False
 
     def __repr__(self) -> str:
@@ -229,6 +231,11 @@ class WebSocket:
         """
         if self.state is not CONNECTING:
             raise InvalidState('Cannot call "accept" once the handshake is complete.')
+        if self.adopted:
+            # The stock gevent-websocket worker wrote its 101 before Django
+            # ran, without a subprotocol: start reading on first use only.
+            self._open(None)
+            return
         if protocol is None:
             protocol = self.protocol
         elif protocol not in self._handshake.protocols:
@@ -318,9 +325,6 @@ class WebSocket:
     def count_messages(self) -> int:
         """Return how many received messages are queued for :meth:`read`."""
         self._ensure_accepted()
-        if self._ended and not self._inbox:
-            # A view that polls sees the end here: the close may go out.
-            self._reached_end()
         return len(self._inbox)
 
     def has_messages(self) -> bool:
@@ -374,14 +378,27 @@ class WebSocket:
         timers off the path of every read and write.
 
         """
-        try:
-            sent = self._sock.send(data, 0, timeout=0.0)
-        except _WOULD_BLOCK:
-            sent = 0
+        sent = self._send_nowait(data)
         if sent < len(data):
             message = f"the client read nothing for {self.send_timeout} seconds"
             with gevent.Timeout(self.send_timeout, TimeoutError(message)):
                 self._sock.sendall(memoryview(data)[sent:])
+
+    def _send_nowait(self, data: bytes) -> int:
+        """Write what the socket takes at once, under the write lock; return how many bytes."""
+        sock = self._sock
+        # gevent's TLS sockets wait in send() unless their own timeout is 0.
+        # No other greenlet runs before it is restored.
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            return sock.send(data)
+        except _WOULD_BLOCK:
+            # With TLS, the same bytes must be written next: the caller
+            # keeps them first in line.
+            return 0
+        finally:
+            sock.settimeout(timeout)
 
     def _closed_error(self) -> ConnectionClosed:
         code, reason = (self._sent_close or (None, None))
@@ -520,6 +537,8 @@ class WebSocket:
         ``"403 Forbidden"``.
 
         """
+        if self.adopted and self.state is CONNECTING:
+            self._open(None)  # the client has its 101: the close frame tells the status
         if self.state is not OPEN:
             return
         try:
@@ -624,12 +643,12 @@ class WebSocket:
             for group in groups:
                 _leave(self, group)
         if self._flusher_waits_for_view:
-            # The flusher waits for room in the view's queue: no one reads it now.
+            # The flusher waits for room in the view's inbox: no one reads it now.
             gevent.kill(self._flusher)
 
     def _deliver(self, frame: bytes) -> None:
         """
-        Give a frame to the client without waiting: a group message's, a ping or a pong.
+        Give a group message's frame to the client, without waiting.
 
         The frame goes out at once when nothing else waits and the socket
         takes it; otherwise the flusher writes it, or the rest of it.
@@ -644,24 +663,19 @@ class WebSocket:
             return
         lock.acquire()
         try:
-            sent = self._sock.send(frame, 0, timeout=0.0)
-        except BlockingIOError:
-            sent = 0
+            sent = self._send_nowait(frame)
         except OSError:
             lock.release()
             self._connection_lost()
             return
         if sent == len(frame):
             lock.release()
-        elif sent:
+        else:
             # The flusher writes the rest; the lock stays held until then,
             # so that no other frame starts in the middle of this one.
             self._partial = frame[sent:]
             self._outbox_size += len(frame) - sent
             self._flusher = gevent.spawn_raw(self._flush)
-        else:
-            lock.release()
-            self._enqueue(frame, len(frame))
 
     def _deliver_to_view(self, message, size: int) -> None:
         """Give a group message to the view, like :meth:`_deliver`; ``size`` is its payload's."""
@@ -704,7 +718,7 @@ class WebSocket:
 
     def _flush(self) -> None:
         # The flusher greenlet: writes the outbox, waiting for the client
-        # (up to send_timeout), or for room in the view's queue.
+        # (up to send_timeout), or for room in the view's inbox.
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()
@@ -760,7 +774,7 @@ class WebSocket:
                 # No frame is half written: the close frame goes out if the
                 # socket takes it at once.
                 try:
-                    self._sock.send(engine.encode_close(code, reason), 0, timeout=0.0)
+                    self._send_nowait(engine.encode_close(code, reason))
                 except OSError:
                     pass
         try:
@@ -791,8 +805,58 @@ class WebSocket:
                 return max(0.01, min(1.0, (timeout or 1.0) / 4))
         if now - self._last_received >= interval:
             self._ping_sent = now
-            self._deliver(_PING)
+            self._send_control(_PING)
         return max(0.01, min(1.0, interval / 4))
+
+    def _send_control(self, frame: bytes) -> None:
+        """
+        Send a ping or a pong without waiting, ahead of queued group messages.
+
+        It goes out at once when no other frame is being written; otherwise
+        a greenlet writes it as soon as that frame is done. At most one ping
+        and one pong wait: a client that pings faster than it reads gets a
+        pong for its latest ping, as RFC 6455 allows.
+
+        """
+        if self._sent_close is not None or self.state is not OPEN:
+            return
+        if self._control is not None:
+            self._control[frame[0]] = frame  # the writer takes it
+            return
+        rest = None
+        lock = self._write_lock
+        if not lock.locked():
+            lock.acquire()
+            try:
+                sent = self._send_nowait(frame)
+            except OSError:
+                lock.release()
+                self._connection_lost()
+                return
+            if sent == len(frame):
+                lock.release()
+                return
+            rest = frame[sent:]  # the lock stays held for the writer
+        self._control = {} if rest is not None else {frame[0]: frame}
+        gevent.spawn_raw(self._write_control, rest)
+
+    def _write_control(self, rest: bytes | None) -> None:
+        # The greenlet that writes waiting pings and pongs.
+        try:
+            if rest is not None:
+                try:
+                    self._sendall(rest)
+                finally:
+                    self._write_lock.release()
+            while self._control:
+                _, frame = self._control.popitem()
+                self._write(frame)
+        except OSError:
+            self._connection_lost()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._control = None
 
     def _keepalive_failed(self) -> None:
         logger.info("closing a websocket: no answer to a ping within %s s", self.ping_timeout)
@@ -804,16 +868,18 @@ class WebSocket:
     # the hub whenever data arrives, and the messages it parses go to the
     # inbox, where the view finds them. An idle connection costs a watcher
     # instead of a greenlet and its stack, and a message reaches a waiting
-    # view with one switch. The hub must never block: pongs go through the
-    # send queue, like group messages, and closing runs in a greenlet.
+    # view with one switch. The hub must never block: writes there take
+    # only what the socket takes at once (a greenlet writes the rest), and
+    # the closing handshake runs in a greenlet.
 
     def _start_reading(self) -> None:
-        hub = get_hub()
-        self._reader = hub.loop.io(self._sock.fileno(), 1)
-        self._reader.start(self._on_readable)
+        self._reader = get_hub().loop.io(self._sock.fileno(), 1)
+        # Bytes that came with the handshake are parsed first, in order.
         data, self._buffered = self._buffered, b""
         if data:
-            hub.loop.run_callback(self._on_data, data)
+            self._on_data(data)
+        if self._reader is not None and not self._paused:
+            self._reader.start(self._on_readable)
 
     def _stop_reading(self) -> None:
         reader, self._reader = self._reader, None
@@ -889,7 +955,7 @@ class WebSocket:
                     break
             elif kind is engine.Ping:
                 if self._sent_close is None:
-                    self._deliver(engine.encode_frame(engine.OP_PONG, event.payload))
+                    self._send_control(engine.encode_frame(engine.OP_PONG, event.payload))
             elif kind is engine.Close or kind is ProtocolError:
                 gevent.spawn_raw(self._handle, event)
         if self._parser.closed:

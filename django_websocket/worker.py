@@ -238,8 +238,9 @@ def adopt(environ: dict) -> WebSocket | None:
     )
     # gevent-websocket answered without extensions: no compression.
     websocket = _new_websocket(handler.socket, handler.rfile, request, compression=False)
+    # It reads only once a view uses it (see WebSocket.accept): a response
+    # that does not go through a websocket view leaves the socket alone.
     websocket.adopted = True
-    websocket._open(None)
     environ[handshake.ENVIRON_KEY] = websocket
     return websocket
 

@@ -43,11 +43,11 @@ from django_websocket.checks import check_broadcast, configured_workers
 from django_websocket.conf import settings
 from django_websocket.handshake import Handshake
 from django_websocket.middleware import attach
-from django_websocket.protocol import OP_BINARY, OP_TEXT
+from django_websocket.protocol import OP_BINARY, OP_PING, OP_PONG, OP_TEXT
 
 from . import servers
 from .test_middleware import upgrade_request
-from .test_websocket import KEY, TIMEOUT, pairs, wait_for  # noqa: F401 (fixture)
+from .test_websocket import KEY, MS, TIMEOUT, pairs, wait_for  # noqa: F401 (fixture)
 
 LOCMEM = "django_websocket.broadcast.locmem.LocMemBackend"
 REDIS = "django_websocket.broadcast.redis.RedisBackend"
@@ -362,6 +362,22 @@ def test_closing_stops_a_flusher_waiting_for_the_view(pairs):
     client.send_close(1000)
     websocket.close()
     wait_for(lambda: flusher.dead, "the flusher to stop")
+
+
+def test_pings_are_answered_while_group_messages_wait_for_the_view(pairs):
+    # Group messages that wait for room in a slow view's inbox do not hold
+    # back the pongs to the client's pings, nor the server's own pings.
+    websocket, client = opened(pairs, max_queue=1, ping_interval=10 * TIMEOUT)
+    websocket.subscribe("slow-view", forward=False)
+    for number in range(3):
+        publish("slow-view", str(number))
+    wait_for(lambda: websocket._flusher_waits_for_view, "a group message to wait for room")
+    client.send_frame(OP_PING, b"still there?")
+    assert client.read_frame() == (True, 0, OP_PONG, b"still there?")
+    websocket.ping_interval = 10 * MS
+    frame = client.read_frame()  # the keepalive's ping
+    assert frame.opcode == OP_PING
+    assert [websocket.wait(timeout=TIMEOUT).message for _ in range(3)] == ["0", "1", "2"]
 
 
 # The send queue.

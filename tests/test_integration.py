@@ -621,8 +621,19 @@ def test_stock_worker_runs_views_with_refusals_as_close_frames(tmp_path):
         with connect(server, "/fail/") as ws:
             assert ws.recv(TIMEOUT) == "about to fail"
             assert close_of(ws) == (1011, "500 Internal Server Error")
+        # Responses that no websocket view made leave the connection to the
+        # stock handler, and the worker serves on.
+        with connect(server, "/no-such-page/") as ws:
+            assert close_of(ws)[0] is not None
+        with connect(server, "/plain/") as ws:
+            assert close_of(ws)[0] is not None
+        with connect(server, "/echo/") as ws:
+            ws.send("still serving")
+            assert ws.recv(TIMEOUT) == "still serving"
         log = server.log()
         assert log.count("served by the stock geventwebsocket worker") == 1
+        assert "Assertion" not in log and "SIGABRT" not in log
+        assert log.count("Booting worker") == 1
     finally:
         server.stop()
 

@@ -7,12 +7,15 @@ and decorator tests.
 """
 
 import os
+import shutil
+import subprocess
 import socket
 import time
 from collections import namedtuple
 
 import gevent
 import gevent.socket
+import gevent.ssl
 import pytest
 from django.utils.safestring import mark_safe
 
@@ -196,10 +199,10 @@ class Pairs:
             client.close()
             if websocket.state == "OPEN":
                 # The client is gone: this ends the connection at once, and
-                # frees a reader blocked on a full queue.
+                # resumes reading paused by a full inbox.
                 websocket.close()
             wait_for(lambda: websocket.state != "OPEN", "the websocket to close")
-        # Let the readers see the end of their sockets before closing them.
+        # Let the watchers see the end of their sockets before closing them.
         gevent.idle()
         for websocket, server, client in self.opened:
             server.close()
@@ -377,7 +380,7 @@ def test_messages_before_the_client_close_are_delivered(connected):
     client.send_text("one")
     client.send_binary(b"two")
     client.send_close(1001, "bye")
-    # The reader has handled the close frame: the code is known...
+    # Reading has handled the close frame: the code is known...
     wait_for(lambda: websocket.close_code is not None, "the client's close frame")
     assert websocket.close_code == 1001
     assert websocket.close_reason == "bye"
@@ -554,8 +557,8 @@ def test_close_timeout(pairs):
 
 
 def test_client_close_is_echoed_to_a_view_that_polls(pairs):
-    # A view that reads, then polls with has_messages() instead of waiting,
-    # answers the client's close frame as soon as it polls, not after
+    # A view that polls with read() instead of waiting answers the client's
+    # close frame as soon as read() finds nothing left, not after
     # close_timeout.
     websocket, client = pairs.open(close_timeout=10 * TIMEOUT)
     websocket.accept()
@@ -564,7 +567,7 @@ def test_client_close_is_echoed_to_a_view_that_polls(pairs):
     assert websocket.wait() == "hello"  # the view reads: the close waits for it
 
     def poll():
-        while not websocket.has_messages() and not websocket.closed:
+        while websocket.read() is None and not websocket.closed:
             gevent.sleep(MS)
 
     poller = gevent.spawn(poll)
@@ -609,7 +612,7 @@ def test_messages_are_not_delivered_after_close(pairs):
     client.send_text("first")
     client.send_text("second")
     client.send_text("third")
-    # The reader queued "first" and waits for room to queue "second".
+    # "first" is queued; reading waits for room to queue "second".
     wait_for(lambda: websocket.count_messages() == 1, "the queue to fill")
     closer = gevent.spawn(websocket.close)
     try:
@@ -697,13 +700,13 @@ def test_bounded_queue_stops_reading(pairs):
             try:
                 sent += client.sock.send(stream[sent:])
             except BlockingIOError:
-                # Give the reader every chance to make room.
+                # Give reading every chance to make room.
                 try:
                     gevent.socket.wait_write(client.sock.fileno(), timeout=50 * MS)
                 except socket.timeout:
                     blocked = True
     assert websocket.count_messages() == 2
-    # Once the view reads, the reader resumes: every message arrives, in order.
+    # Once the view reads, reading resumes: every message arrives, in order.
     client.sock.setblocking(True)
     count = len(stream) // len(data)
     writer = gevent.spawn(client.send, stream[sent:])
@@ -821,3 +824,74 @@ def test_send_timeout_does_not_apply_to_reads(pairs):
         websocket.wait(timeout=200 * MS)  # idle for longer than the send timeout
     client.send_text("still here")
     assert websocket.wait(timeout=TIMEOUT) == "still here"
+
+
+# TLS: gevent's SSL sockets, where a write that would block must not wait in the hub.
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
+def test_tls_ping_answered_while_the_socket_is_full(certificate):
+    # The client pings while the server's socket buffer is full: the pong
+    # waits for room in a greenlet of its own, and the connection goes on.
+    errors = []
+    hub = gevent.get_hub()
+    handle_error = hub.handle_error
+    hub.handle_error = lambda context, kind, value, tb: errors.append(value)
+    raw_server, raw_client = gevent.socket.socketpair()
+    server_context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(*certificate)
+    client_context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = gevent.ssl.CERT_NONE
+    handshaking = gevent.spawn(server_context.wrap_socket, raw_server, server_side=True)
+    client = Client(client_context.wrap_socket(raw_client))
+    server = handshaking.get(timeout=TIMEOUT)
+    websocket = WebSocket(server, Handshake(key=KEY), ping_interval=None,
+                          send_timeout=TIMEOUT, close_timeout=TIMEOUT)
+    try:
+        websocket.accept()
+        client.handshake()
+        # Fill the kernel's buffers from the server's side, below TLS.
+        filler = socket.socket(fileno=os.dup(server.fileno()))
+        filler.setblocking(False)
+        try:
+            while filler.send(b"\0" * 65536):
+                pass
+        except BlockingIOError:
+            pass
+        client.send_frame(OP_PING, b"there?")
+        gevent.sleep(10 * MS)
+        assert errors == []
+        # Once the client reads again, the server's writes go through.
+        drain = socket.socket(fileno=os.dup(client.sock.fileno()))
+        drain.setblocking(False)
+        try:
+            while drain.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+        with deadline("a send after the socket drained"):
+            websocket.send("hello")
+        assert errors == []
+    finally:
+        hub.handle_error = handle_error
+        for sock in [locals().get("filler"), locals().get("drain")]:
+            if sock is not None:
+                sock.close()
+        websocket._connection_lost()
+        client.sock.close()
+        server.close()
