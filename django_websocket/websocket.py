@@ -657,25 +657,37 @@ class WebSocket:
         """
         if self._sent_close is not None or self.state is not OPEN:
             return
-        lock = self._write_lock
-        if self._outbox or self._flusher is not None or lock.locked():
+        if self._outbox or self._flusher is not None or self._write_lock.locked():
             self._enqueue(frame, len(frame))
             return
+        rest = self._start_frame(frame)
+        if rest:
+            # The flusher writes the rest; the lock stays held until then,
+            # so that no other frame starts in the middle of this one.
+            self._partial = rest
+            self._outbox_size += len(rest)
+            self._flusher = gevent.spawn_raw(self._flush)
+
+    def _start_frame(self, frame: bytes) -> bytes | None:
+        """
+        Write what the socket takes of ``frame`` at once; the write lock must be free.
+
+        Returns the rest, with the lock held for whoever writes it, or
+        :obj:`None` when the whole frame went out, or the connection is lost.
+
+        """
+        lock = self._write_lock
         lock.acquire()
         try:
             sent = self._send_nowait(frame)
         except OSError:
             lock.release()
             self._connection_lost()
-            return
+            return None
         if sent == len(frame):
             lock.release()
-        else:
-            # The flusher writes the rest; the lock stays held until then,
-            # so that no other frame starts in the middle of this one.
-            self._partial = frame[sent:]
-            self._outbox_size += len(frame) - sent
-            self._flusher = gevent.spawn_raw(self._flush)
+            return None
+        return frame[sent:]
 
     def _deliver_to_view(self, message, size: int) -> None:
         """Give a group message to the view, like :meth:`_deliver`; ``size`` is its payload's."""
@@ -823,22 +835,14 @@ class WebSocket:
         if self._control is not None:
             self._control[frame[0]] = frame  # the writer takes it
             return
-        rest = None
-        lock = self._write_lock
-        if not lock.locked():
-            lock.acquire()
-            try:
-                sent = self._send_nowait(frame)
-            except OSError:
-                lock.release()
-                self._connection_lost()
-                return
-            if sent == len(frame):
-                lock.release()
-                return
-            rest = frame[sent:]  # the lock stays held for the writer
-        self._control = {} if rest is not None else {frame[0]: frame}
-        gevent.spawn_raw(self._write_control, rest)
+        if self._write_lock.locked():
+            self._control = {frame[0]: frame}
+            gevent.spawn_raw(self._write_control, None)
+            return
+        rest = self._start_frame(frame)
+        if rest:
+            self._control = {}
+            gevent.spawn_raw(self._write_control, rest)  # the lock is held for it
 
     def _write_control(self, rest: bytes | None) -> None:
         # The greenlet that writes waiting pings and pongs.
