@@ -64,33 +64,28 @@ def _false() -> bool:
 
 def _default_groups(request: HttpRequest) -> list[str]:
     """The groups of every websocket: broadcast(), and send_to_user() for its user."""
-    from django.db import connections
-
-    already_open = {c.alias for c in connections.all(initialized_only=True) if c.connection}
     groups = [BROADCAST_GROUP]
-    user = getattr(request, "user", None)
+    user = getattr(request, "user", None)  # loaded by check(), or set by the view
     if user is not None and user.is_authenticated:
         groups.append(user_group(user))
-    _close_connections(skip=already_open)  # the view's own are its business
     return groups
 
 
-def _close_connections(skip: set[str] = frozenset()) -> None:
+def _close_connections() -> None:
     """
-    Close the request's database connections, but for ``skip`` and transactions.
+    Close the request's database connections but for transactions in progress.
 
     A request holds its connections until it finishes, and a websocket's
     lasts as long as the connection: one database connection per open
-    websocket would exhaust the database. Those that middleware and
-    decorators opened (to load the session and the user, mostly) are closed
-    before the view runs, and one that joining the user's group opened is
-    closed at once; the next query opens one again.
+    websocket would exhaust the database. Those that middleware, decorators
+    and check() opened (to load the session and the user, mostly) are closed
+    before the view runs; the next query opens one again.
 
     """
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):
-        if connection.alias not in skip and not connection.in_atomic_block:
+        if not connection.in_atomic_block:
             connection.close()
 
 
@@ -125,6 +120,12 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
             content_type="text/plain",
         )
     websocket.protocol = handshake.select_protocol(websocket.protocols, options.protocols)
+    # The user decides the websocket's groups: load it now, with the
+    # session, then close the database connection that took, before the
+    # view runs (see _close_connections).
+    user = getattr(request, "user", None)
+    if user is not None:
+        user.is_authenticated
     _close_connections()
     return None
 
