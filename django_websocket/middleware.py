@@ -48,8 +48,8 @@ def attach(request: HttpRequest) -> WebSocket | None:
     request.websocket = websocket
     request.is_websocket = _true if websocket is not None else _false
     if websocket is not None and websocket.state is CONNECTING:
-        # Joined when the handshake is accepted: request.user is only
-        # loaded for websockets that a view accepts.
+        # Joined when the handshake is accepted, for the user that the
+        # request has then: a view may authenticate by other means.
         websocket._default_groups = partial(_default_groups, request)
     return websocket
 
@@ -97,7 +97,8 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
     the view: a plain HTTP request to a view that requires a websocket gets
     400; an upgrade from a page whose ``Origin`` is not allowed gets 403.
     Otherwise the subprotocol the view prefers is chosen, for the handshake
-    to answer with.
+    to answer with, the user is loaded, and the database connections opened
+    so far are closed (see ``_close_connections()``).
 
     """
     websocket = attach(request)
