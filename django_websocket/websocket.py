@@ -104,7 +104,7 @@ class WebSocket:
 
     # Thousands of idle connections each hold one: no __dict__.
     __slots__ = (
-        "__weakref__", "_sock", "_handshake", "_buffered", "_deflate", "_parser",
+        "__weakref__", "_sock", "_tls", "_handshake", "_buffered", "_deflate", "_parser",
         "max_message_size", "max_queue", "close_timeout", "compression",
         "ping_interval", "ping_timeout", "send_timeout", "max_send_queue",
         "adopted", "state", "protocol", "close_code", "close_reason",
@@ -130,6 +130,8 @@ class WebSocket:
         buffered: bytes = b"",
     ) -> None:
         self._sock = sock
+        # gevent's TLS sockets (they have pending()) need more care below.
+        self._tls = getattr(type(sock), "pending", None) is not None
         self._handshake = handshake
         self._buffered = buffered
         #: Largest message accepted, in bytes; a larger one closes the
@@ -387,15 +389,20 @@ class WebSocket:
     def _send_nowait(self, data: bytes) -> int:
         """Write what the socket takes at once, under the write lock; return how many bytes."""
         sock = self._sock
-        # gevent's TLS sockets wait in send() unless their own timeout is 0.
-        # No other greenlet runs before it is restored.
+        if not self._tls:
+            try:
+                return sock.send(data, 0, timeout=0.0)
+            except BlockingIOError:
+                return 0
+        # gevent's TLS sockets ignore send()'s timeout and wait unless their
+        # own is 0. No other greenlet runs before it is restored.
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
         try:
             return sock.send(data)
         except _WOULD_BLOCK:
-            # With TLS, the same bytes must be written next: the caller
-            # keeps them first in line.
+            # The same bytes must be written next: the caller keeps them
+            # first in line.
             return 0
         finally:
             sock.settimeout(timeout)
@@ -919,11 +926,8 @@ class WebSocket:
     def _read_pending(self) -> None:
         # With TLS, decrypted bytes may wait in the SSL object while the
         # socket has nothing more: the watcher would not see them.
-        # (Looked up on the class: a gevent socket's __getattr__ is slow to fail.)
-        pending = getattr(type(self._sock), "pending", None)
-        if pending is not None and self._reader is not None and not self._paused:
-            if pending(self._sock):
-                get_hub().loop.run_callback(self._on_readable)
+        if self._tls and self._reader is not None and not self._paused and self._sock.pending():
+            get_hub().loop.run_callback(self._on_readable)
 
     def _on_data(self, data: bytes) -> None:
         try:

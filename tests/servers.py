@@ -37,6 +37,7 @@ __all__ = [
     "Response",
     "server_env",
     "start_gunicorn",
+    "start_bound",
     "start_runserver",
     "migrate",
     "http_get",
@@ -182,11 +183,15 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str], pass_fds=()) -> Server:
-    with open(log_path, "wb") as log:
+def _spawn(
+    args: list[str], log_path: Path, env: dict[str, str], pass_fds=(), cwd: Path = ROOT,
+    append: bool = False,
+) -> Server:
+    # A server started again where a stopped one was appends to its log.
+    with open(log_path, "ab" if append else "wb") as log:
         process = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -199,7 +204,7 @@ def _spawn(args: list[str], log_path: Path, env: dict[str, str], pass_fds=()) ->
 
 # gunicorn 24+ listens on a control socket at a fixed path, which two
 # servers running at once would share.
-_NO_CONTROL_SOCKET = (
+NO_CONTROL_SOCKET = (
     ["--no-control-socket"] if hasattr(gunicorn.config, "ControlSocketDisable") else []
 )
 
@@ -214,18 +219,33 @@ def start_gunicorn(
     Set ``tls`` when ``args`` make gunicorn serve HTTPS.
 
     """
-    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--worker-class", "django_websocket.worker.GeventWebSocketWorker",
+        "--access-logfile", "-",
+        *NO_CONTROL_SOCKET,
+        *args,
+        "tests.wsgi",
+    ]
+    return start_bound(command, log_path, env or server_env(), tls=tls)
+
+
+def start_bound(
+    command: list[str], log_path: Path, env: dict[str, str], *, port: int = 0,
+    cwd: Path = ROOT, tls: bool = False, append: bool = False,
+) -> Server:
+    """
+    Start gunicorn's ``command`` on a listening socket bound to ``port``; wait until it answers.
+
+    The socket is bound here, on a free port by default, and passed with
+    ``--bind fd://``: set ``port`` to start a server again where a stopped
+    one was (and ``append`` to keep its log).
+
+    """
+    listener = socket.create_server(("127.0.0.1", port), backlog=128)
     with listener:
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--worker-class", "django_websocket.worker.GeventWebSocketWorker",
-            "--bind", f"fd://{listener.fileno()}",
-            "--access-logfile", "-",
-            *_NO_CONTROL_SOCKET,
-            *args,
-            "tests.wsgi",
-        ]
-        server = _spawn(command, log_path, env or server_env(), pass_fds=[listener.fileno()])
+        command = [*command, "--bind", f"fd://{listener.fileno()}"]
+        server = _spawn(command, log_path, env, [listener.fileno()], cwd, append)
         server.port = listener.getsockname()[1]
         server.tls = tls
     # Our copy of the listener is closed: if gunicorn dies, clients get

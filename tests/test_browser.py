@@ -22,7 +22,8 @@ import pytest
 
 from . import servers
 from .servers import TIMEOUT
-from .test_example import copy_example, manage, start_example, unique
+# alice and bob are the first two of this module's users.
+from .test_example import alice, bob, copy_example, manage, start_example, unique  # noqa: F401
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -179,16 +180,6 @@ def users(playwright, site, tmp_path_factory):
     finally:
         for context in contexts:
             context.close()
-
-
-@pytest.fixture
-def alice(users):
-    return users[0]
-
-
-@pytest.fixture
-def bob(users):
-    return users[1]
 
 
 @pytest.fixture(autouse=True)

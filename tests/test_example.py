@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,7 +27,6 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
-import gunicorn.config
 import pytest
 from websockets.exceptions import InvalidStatus
 
@@ -41,12 +39,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 EXAMPLE = servers.ROOT / "example"
-
-# As in servers.py: gunicorn 24+ listens on a control socket at a fixed path.
-NO_CONTROL_SOCKET = (
-    ["--no-control-socket"] if hasattr(gunicorn.config, "ControlSocketDisable") else []
-)
-
 
 # The example site.
 
@@ -84,39 +76,19 @@ def start_example(
     """
     Serve ``project`` with gunicorn and its ``gunicorn.conf.py``, on ``port``.
 
-    gunicorn gets the listening socket already bound, as in
-    :func:`servers.start_gunicorn`: on a free port by default; set ``port``
-    to start a server again where a stopped one was.
+    On a free port by default; set ``port`` to start a server again where
+    a stopped one was (its log is appended to).
 
     """
-    listener = socket.create_server(("127.0.0.1", port), backlog=128)
-    with listener:
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--config", str(project / "gunicorn.conf.py"),
-            "--bind", f"fd://{listener.fileno()}",
-            "--workers", "2",
-            *NO_CONTROL_SOCKET,
-        ]
-        with open(log_path, "ab") as log:  # appended to, after a restart
-            process = subprocess.Popen(
-                command,
-                cwd=project,
-                env=example_env(redis),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=[listener.fileno()],
-                start_new_session=True,  # Server.stop() stops the workers too
-            )
-        server = servers.Server(process, log_path)
-        server.port = listener.getsockname()[1]
-    try:
-        server.wait_until_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--config", str(project / "gunicorn.conf.py"),
+        "--workers", "2",
+        *servers.NO_CONTROL_SOCKET,
+    ]
+    return servers.start_bound(
+        command, log_path, example_env(redis), port=port, cwd=project, append=True
+    )
 
 
 def manage(project: Path, redis: servers.Server | None, *args: str) -> subprocess.CompletedProcess:
