@@ -3,7 +3,7 @@ Decorators that let a view accept websockets.
 
 They mark the view with its :class:`~django_websocket.middleware.Options`
 and check each request before the view runs, so they work with and without
-:class:`~django_websocket.middleware.WebSocketMiddleware`.
+:func:`~django_websocket.middleware.WebSocketMiddleware`.
 
 """
 

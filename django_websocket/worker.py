@@ -18,9 +18,10 @@ This is the only module that knows gevent-websocket's server side.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
-import weakref
+import time
 
 import gevent
 from gevent import pywsgi
@@ -28,7 +29,7 @@ from geventwebsocket.gunicorn.workers import GeventWebSocketWorker as BaseWorker
 from geventwebsocket.handler import WebSocketHandler as BaseHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
-from . import handshake
+from . import handshake, httpparser
 from .conf import DEFAULTS, settings
 from .exceptions import InvalidHandshake
 from .websocket import CONNECTING, WebSocket, close_all
@@ -57,26 +58,103 @@ class WebSocketHandler(BaseHandler):
             return
         self._run_websocket(request)
 
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if type(result) is not tuple:
+            return result
+        # A request refused before the application ran (400, 414): pywsgi
+        # would write the response and close at once, with the rest of the
+        # request unread, which resets the connection before the client
+        # reads the response. Write it, then read what the client still
+        # sends, for a while, before the connection closes.
+        self.status, response = result
+        self.close_connection = True
+        try:
+            self.socket.sendall(response)
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return None
+        self.time_finish = time.time()
+        self.log_request()
+        _drain(self.socket)
+        return None
+
     def read_requestline(self):
         # A client gets HANDSHAKE_TIMEOUT seconds to send each of its request
         # line and headers, and an idle keep-alive connection as long to
         # start its next request: slow or silent clients don't hold a greenlet.
         if _stopping:
             return ""  # the worker is stopping: no new request on this connection
+        # What the access log reports is this request's, not the previous
+        # one's on a keep-alive connection, even if it is refused (400, 414).
+        self.environ = self.command = self.path = self.request_version = None
+        self.headers = _EnvironHeaders({})
+        self.response_headers = []
         _waiting_for_request.add(self)
         try:
             with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
-                return super().read_requestline()
+                line = super().read_requestline()
+                if line == "\r\n" or line == "\n":
+                    # RFC 9112 section 2.2: an empty line before a request is ignored.
+                    line = super().read_requestline()
+                return line
         finally:
             _waiting_for_request.discard(self)
 
     def read_request(self, raw_requestline):
+        # pywsgi answers a ValueError with 400 Bad Request.
+        self.requestline = raw_requestline.rstrip("\r\n")
+        self.command, self.path, self.request_version = httpparser.parse_request_line(
+            self.requestline
+        )
         try:
             with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
-                return super().read_request(raw_requestline)
+                self._header_environ = httpparser.read_headers(self.rfile)
         except _HeaderTimeout:
-            # pywsgi answers a ValueError with 400 Bad Request.
             raise ValueError("request headers not received in time") from None
+        headers = self._header_environ
+        self.headers = _EnvironHeaders(headers)
+        options = {token.strip() for token in headers.get("HTTP_CONNECTION", "").lower().split(",")}
+        if self.request_version == "HTTP/1.1":
+            self.close_connection = "close" in options
+        else:
+            self.close_connection = "keep-alive" not in options
+        if "HTTP_TRANSFER_ENCODING" in headers and (
+            "CONTENT_LENGTH" in headers or self.request_version == "HTTP/1.0"
+        ):
+            # Chunked wins, and the connection closes after the response
+            # (RFC 9112 section 6.1): a proxy may have framed the body
+            # otherwise, by its length, or not at all in HTTP/1.0.
+            headers.pop("CONTENT_LENGTH", None)
+            self.close_connection = True
+        length = headers.get("CONTENT_LENGTH")
+        self.content_length = None if length is None else int(length)
+        return True
+
+    def get_environ(self) -> dict:
+        # pywsgi's, with the headers read by read_request().
+        environ = self.server.get_environ()
+        environ["REQUEST_METHOD"] = self.command
+        environ["SCRIPT_NAME"] = ""
+        environ["PATH_INFO"], environ["QUERY_STRING"] = httpparser.path_info(self.path)
+        environ["SERVER_PROTOCOL"] = self.request_version
+        address = self.client_address
+        if isinstance(address, tuple):
+            environ["REMOTE_ADDR"] = str(address[0])
+            environ["REMOTE_PORT"] = str(address[1])
+        headers, self._header_environ = self._header_environ, None
+        environ.update(headers)
+        # From now on, the access log reads the headers from the environ.
+        self.headers.environ = environ
+        expect = self.socket if headers.get("HTTP_EXPECT") == "100-continue" else None
+        chunked = headers.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+        self.wsgi_input = pywsgi.Input(
+            self.rfile, self.content_length, socket=expect, chunked_input=chunked
+        )
+        environ["wsgi.input"] = self.wsgi_input
+        # The input ends with the body: a read never blocks past it.
+        environ["wsgi.input_terminated"] = True
+        return environ
 
     def _refuse(self, exc: InvalidHandshake) -> None:
         body = exc.reason.encode()
@@ -92,9 +170,6 @@ class WebSocketHandler(BaseHandler):
     def _run_websocket(self, request: handshake.Handshake) -> None:
         websocket = _new_websocket(self.socket, self.rfile, request)
         self.environ[handshake.ENVIRON_KEY] = websocket
-        # The parsed headers would live as long as the connection, next to
-        # their copies in the environ: read them back from there instead.
-        self.headers = _EnvironHeaders(self.environ)
         # Whatever happens, this connection carries no further HTTP request.
         self.close_connection = True
         try:
@@ -116,20 +191,58 @@ class WebSocketHandler(BaseHandler):
                 # Django's request_finished signal fires here.
                 close()
 
+    def start_response(self, status, headers, exc_info=None):
+        websocket = self.environ.get(handshake.ENVIRON_KEY)
+        if websocket is None or websocket.state is CONNECTING:
+            return super().start_response(status, headers, exc_info)
+        # The client has its 101: the response only decides the close code.
+        self._orig_status = status
+        return _no_body
+
+    def handle_error(self, t, v, tb) -> None:
+        websocket = self.environ.get(handshake.ENVIRON_KEY) if self.environ else None
+        if websocket is None or websocket.state is CONNECTING:
+            super().handle_error(t, v, tb)
+            return
+        # The client has its 101 and the websocket is closed (1011): no HTTP
+        # response can follow on this connection.
+        self.close_connection = True
+        if not issubclass(t, gevent.GreenletExit):
+            logger.error("Error after a websocket was accepted", exc_info=(t, v, tb))
+
     def _log_as_upgrade(self) -> None:
         # The access log reports what the client got: the 101, not the
         # response the view returned after the websocket ended.
         self.status = self._orig_status = "101 Switching Protocols"
         self.code = 101
         self.response_length = 0
+        self.response_headers = []
 
     def log_request(self) -> None:
         pywsgi.WSGIHandler.log_request(self)
 
 
+def _drain(sock: socket.socket) -> None:
+    """Read and drop what the client sends, up to 1 MiB and 2 seconds, or until it closes."""
+    received = 0
+    with gevent.Timeout(2.0, False):
+        try:
+            while received < 1024 * 1024:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += len(data)
+        except OSError:
+            pass
+
+
+def _no_body(data: bytes) -> None:
+    raise RuntimeError("The websocket was accepted: the response can have no body.")
+
+
 # Handlers blocked until their client starts a request: idle keep-alive
 # connections, mostly. A graceful stop does not wait for them.
-_waiting_for_request: weakref.WeakSet[WebSocketHandler] = weakref.WeakSet()
+_waiting_for_request: set[WebSocketHandler] = set()
 _stopping = False
 
 
@@ -154,13 +267,16 @@ class _EnvironHeaders:
         self.environ = environ
 
     def get(self, name: str, default=None):
-        return self.environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        return self.environ.get(key, default)
 
     def items(self) -> list[tuple[str, str]]:
         return [
-            (key[5:].replace("_", "-").title(), value)
+            (key.removeprefix("HTTP_").replace("_", "-").title(), value)
             for key, value in self.environ.items()
-            if key.startswith("HTTP_")
+            if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
         ]
 
 
@@ -252,7 +368,28 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):
     """:class:`WebSocketHandler` with gunicorn's access log and environ."""
 
     def log_request(self) -> None:
+        # Recent gunicorn versions tell whether the access log is on: when
+        # it is off, the record is not built at all.
+        if not getattr(self.server.log, "access_log_enabled", True):
+            return
+        if self.environ is None:
+            # A request refused before it had an environ (400, 414): the
+            # access log still gets what was read of it.
+            self.environ = {
+                "REQUEST_METHOD": self.command or "-",
+                "RAW_URI": self.path or "-",
+                "SERVER_PROTOCOL": self.request_version or "-",
+            }
+            if isinstance(self.client_address, tuple):
+                self.environ["REMOTE_ADDR"] = str(self.client_address[0])
         PyWSGIHandler.log_request(self)
+
+    def get_environ(self) -> dict:
+        # What gunicorn's own handler adds.
+        environ = super().get_environ()
+        environ["gunicorn.sock"] = self.socket
+        environ["RAW_URI"] = self.path
+        return environ
 
 
 class GeventWebSocketWorker(BaseWorker):
@@ -271,6 +408,7 @@ class GeventWebSocketWorker(BaseWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        _freeze_loaded_objects()
         # Django is set up now. The first worker speaks for all.
         if self.age != 1:
             return
@@ -289,6 +427,23 @@ class GeventWebSocketWorker(BaseWorker):
         # and close the websockets so that their views return.
         _stop_waiting_for_requests()
         gevent.spawn(close_all, 1001, "server shutting down")
+
+
+def _freeze_loaded_objects() -> None:
+    """
+    Keep the objects of the loaded application out of the cycle collector's way.
+
+    Every Django request leaves reference cycles (the request and its lazy
+    user, its message storage...) that only the cycle collector frees; now
+    and then it runs a full collection, which scans every object of the
+    process, Django's modules and URLconf included, while every connection
+    of the worker waits (tens of milliseconds). Frozen, the objects that
+    loading left alive are never scanned again; the garbage that loading
+    made is collected first.
+
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _check_broadcast(workers: int) -> None:

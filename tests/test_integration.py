@@ -9,6 +9,7 @@ operator observes: messages, close codes, HTTP responses, logs.
 
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -675,3 +676,247 @@ def test_tls_with_gunicorn_certfile(tmp_path):
             assert close_of(ws) == (1011, "500 Internal Server Error")
     finally:
         server.stop()
+
+
+# The request head, as the worker parses it: raw bytes on a real socket.
+
+
+def request_head(server, request_line="GET /plain/ HTTP/1.1", *lines, host=True):
+    """Build a request head: ``request_line``, ``Host`` unless told not to, then ``lines``."""
+    fields = [f"Host: {server.host}".encode()] if host else []
+    return b"\r\n".join([request_line.encode(), *fields, *lines, b"", b""])
+
+
+def exchange(server, data, *, shut_write=False):
+    """Send ``data`` on a new connection; return what the server sent until it closed it."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def read_response(sock, method="GET"):
+    """Read one response from ``sock``, leaving the connection open; return its status and body."""
+    response = http.client.HTTPResponse(sock, method=method)
+    try:
+        response.begin()
+        return response.status, response.read()
+    finally:
+        response.close()
+
+
+@pytest.mark.parametrize(
+    "request_line, lines",
+    [
+        ("GET /plain/ HTTP/1.1", [b"Bad Header: x"]),
+        ("GET /plain/ HTTP/1.1", [b"X-Name : value"]),
+        ("GET /plain/ HTTP/1.1", [b"No colon here"]),
+        ("GET /plain/ HTTP/1.1", [b": no name"]),
+        ("GET /plain/ HTTP/1.1", [b"X-Long: " + b"a" * 70_000]),
+        ("GET /plain/ HTTP/1.1", [b"X-Header-%d: 1" % number for number in range(101)]),
+        ("POST /plain/ HTTP/1.1", [b"Content-Length: -1"]),
+        ("POST /plain/ HTTP/1.1", [b"Content-Length: 1", b"Content-Length: 2"]),
+        ("GET /plain/ HTTP/2.0", []),
+        ("GET /plain/ HTTP/0.9", []),
+        ("G(T /plain/ HTTP/1.1", []),
+    ],
+    ids=[
+        "space in name",
+        "space before colon",
+        "no colon",
+        "empty name",
+        "line too long",
+        "too many lines",
+        "negative content-length",
+        "differing content-lengths",
+        "HTTP/2.0",
+        "HTTP/0.9",
+        "method not a token",
+    ],
+)
+def test_malformed_request_head_gets_400_and_close(server, request_line, lines):
+    received = exchange(server, request_head(server, request_line, *lines))
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    # Nothing follows the 400: the server closed the connection.
+    assert received.count(b"HTTP/1.1 ") == 1, received[:500]
+
+
+def test_folded_header_gets_400_and_close(server):
+    head = request_head(server, "GET /plain/ HTTP/1.1", b"X-Long: first part", b" second part")
+    received = exchange(server, head)
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    assert received.count(b"HTTP/1.1 ") == 1, received[:500]
+
+
+def test_incomplete_request_head_gets_400(server):
+    # The client stops sending before the empty line that ends the head.
+    head = request_head(server, "GET /plain/ HTTP/1.1", b"X-Half: value").removesuffix(b"\r\n")
+    received = exchange(server, head, shut_write=True)
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+
+
+def test_server_serves_on_after_malformed_heads(server):
+    for line in [b"Bad Header: x", b" folded", b"Content-Length: nope"]:
+        assert exchange(server, request_head(server, "GET /plain/ HTTP/1.1", line)).startswith(
+            b"HTTP/1.1 400 "
+        )
+    response = http_get(server, "/plain/")
+    assert (response.status, response.body) == (200, b"plain view")
+
+
+@pytest.mark.parametrize(
+    "lines, selected",
+    [
+        ([b"Sec_WebSocket_Protocol: chat.v1"], None),
+        ([b"Sec-WebSocket-Protocol: chat.v1", b"Sec_WebSocket_Protocol: chat.v2"], "chat.v1"),
+    ],
+    ids=["alone", "next to the real header"],
+)
+def test_underscore_header_does_not_reach_view(server, lines, selected):
+    # /chat/ tells which subprotocol it sees. Read as Sec-WebSocket-Protocol,
+    # chat.v2 would be selected: the server prefers it.
+    head = upgrade_request("/chat/", server.host).removesuffix(b"\r\n") + b"".join(
+        line + b"\r\n" for line in lines
+    ) + b"\r\n"
+    message = f"protocol={selected}".encode()
+    frame = bytes([0x81, len(message)]) + message
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        received = b""
+        while frame not in received and (chunk := sock.recv(4096)):
+            received += chunk
+    response_head, _, frames = received.partition(b"\r\n\r\n")
+    assert response_head.startswith(b"HTTP/1.1 101 "), received
+    assert frames.startswith(frame), received
+    protocol_line = f"Sec-WebSocket-Protocol: {selected}".encode().lower()
+    assert (protocol_line in response_head.lower()) == (selected is not None), response_head
+
+
+def post_head(server, *lines):
+    """The head of a POST to /plain/ that passes the CSRF check, with ``lines``."""
+    # A secret in the cookie, the same in the header.
+    token = b"k" * 32
+    return request_head(
+        server,
+        "POST /plain/ HTTP/1.1",
+        b"Cookie: csrftoken=" + token,
+        b"X-CSRFToken: " + token,
+        *lines,
+    )
+
+
+def test_chunked_post_to_plain_view(server):
+    head = post_head(
+        server, b"Content-Type: application/x-www-form-urlencoded", b"Transfer-Encoding: chunked"
+    )
+    body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head + body)
+        assert read_response(sock, "POST") == (200, b"plain view")
+        # The whole body was read: the next request on the connection is understood.
+        sock.sendall(request_head(server, "GET /plain/ HTTP/1.1"))
+        assert read_response(sock) == (200, b"plain view")
+
+
+@pytest.mark.parametrize(
+    "version, connection, kept_alive",
+    [
+        ("HTTP/1.1", None, True),
+        ("HTTP/1.1", b"keep-alive", True),
+        ("HTTP/1.1", b"close", False),
+        ("HTTP/1.1", b"Close", False),
+        ("HTTP/1.0", None, False),
+        ("HTTP/1.0", b"keep-alive", True),
+        ("HTTP/1.0", b"Keep-Alive", True),
+    ],
+)
+def test_keep_alive(server, version, connection, kept_alive):
+    lines = [] if connection is None else [b"Connection: " + connection]
+    head = request_head(server, f"GET /plain/ {version}", *lines)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        assert read_response(sock) == (200, b"plain view")
+        if kept_alive:
+            sock.sendall(head)
+            assert read_response(sock) == (200, b"plain view")
+        else:
+            assert sock.recv(4096) == b"", "the server kept the connection open"
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    # Both heads and a body in one write: each parse stops where its request ends.
+    requests = (
+        request_head(server, "GET /plain/ HTTP/1.1", b"Content-Length: 5") + b"hello"
+        + request_head(server, "GET /no-such-url/ HTTP/1.1")
+        + request_head(server, "GET /plain/ HTTP/1.1", b"Connection: close")
+    )
+    received = exchange(server, requests)
+    # Bodies are not ended by a newline: a status line may follow on the same line.
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200", b"404", b"200"], received
+    assert received.endswith(b"\r\n\r\nplain view")
+
+
+def test_worker_freezes_the_loaded_application(server):
+    # The cycle collector's full collections skip Django's modules, settings
+    # and URLconf: there are many thousands of them.
+    response = http_get(server, "/frozen-objects/")
+    assert response.status == 200
+    assert int(response.body) > 10_000
+
+
+def test_malformed_head_gets_an_access_log_line(server):
+    start = server.log_bytes()
+    head = request_head(server, "GET /plain/?bad-head HTTP/1.1", b"Bad Header: x")
+    assert exchange(server, head).startswith(b"HTTP/1.1 400 ")
+    assert server.wait_for_log(r'"GET /plain/\?bad-head HTTP/1\.1" 400 ', start), server.log(start)
+    assert "Invalid header line" in server.log(start)
+    assert "Traceback" not in server.log(start)
+
+
+def test_malformed_head_on_keep_alive_is_logged_as_itself(server):
+    start = server.log_bytes()
+    first = request_head(server, "GET /plain/?first HTTP/1.1")
+    second = request_head(server, "GET /plain/?second HTTP/1.1", b"Bad Header: x")
+    received = exchange(server, first + second)
+    assert received.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in received
+    assert server.wait_for_log(r'"GET /plain/\?second HTTP/1\.1" 400 ', start), server.log(start)
+    assert "Traceback" not in server.log(start)
+
+
+def test_empty_line_before_the_request_is_ignored(server):
+    # RFC 9112 section 2.2.
+    head = request_head(server, "GET /plain/ HTTP/1.1", b"Connection: close")
+    received = exchange(server, b"\r\n" + head)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        [b"Transfer-Encoding: gzip"],
+        [b"Transfer-Encoding: identity"],
+        [b"Transfer-Encoding: gzip, chunked"],
+        [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+    ],
+    ids=["gzip", "identity", "gzip then chunked", "chunked twice"],
+)
+def test_transfer_encoding_other_than_chunked_gets_400(server, encoding):
+    # RFC 9112 section 6.3. Read as having no body, the request would let its
+    # body pass for a second request, which a proxy did not see.
+    smuggled = request_head(server, "GET /no-such-url/ HTTP/1.1", b"Connection: close")
+    received = exchange(server, request_head(server, "POST /plain/ HTTP/1.1", *encoding) + smuggled)
+    assert received.startswith(b"HTTP/1.1 400 "), received[:300]
+    assert received.count(b"HTTP/1.1 ") == 1, received
+
+
+def test_transfer_encoding_with_content_length_closes_after_the_response(server):
+    # RFC 9112 section 6.1: chunked wins, then the connection closes.
+    head = post_head(server, b"Transfer-Encoding: chunked", b"Content-Length: 3")
+    received = exchange(server, head + b"5\r\nhello\r\n0\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert received.endswith(b"plain view")

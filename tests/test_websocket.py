@@ -21,7 +21,7 @@ from django.utils.safestring import mark_safe
 
 from django_websocket import ConnectionClosed, InvalidState, WebSocket
 from django_websocket.handshake import Handshake, accept_key
-from django_websocket.protocol import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
+from django_websocket.protocol import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Close
 from django_websocket.websocket import close_all
 
 from .test_protocol import close_frame, frame
@@ -895,3 +895,31 @@ def test_tls_ping_answered_while_the_socket_is_full(certificate):
         websocket._connection_lost()
         client.sock.close()
         server.close()
+
+
+def test_close_frame_is_written_when_the_clients_arrives_as_the_lock_is_released(pairs):
+    # The client's close frame is handled in the hub right after a view's
+    # send() released the write lock, before the greenlet that waits to write
+    # the server's close frame took it: the lock looks free, but the close
+    # frame is not out yet.
+    websocket, client = pairs.open()
+    websocket.accept()
+    client.handshake()
+    big = "x" * (8 * 2**20)
+
+    def view():
+        websocket.send(big)
+        assert not websocket._write_lock.locked()
+        # What the hub does when the close frame arrives at that moment.
+        websocket._dispatch([Close(1000, "")], 0)
+
+    sender = gevent.spawn(view)
+    wait_for(websocket._write_lock.locked, "the view blocked in send()")
+    closer = gevent.spawn(websocket.close, 1000, "bye")
+    gevent.sleep(0)  # close() finds the lock held: a greenlet waits to write
+    assert client.read_message() == big
+    sender.join(TIMEOUT)
+    # RFC 6455 section 7.1.2: the server's close frame before TCP closes.
+    assert client.read_close() == (1000, "bye")
+    closer.join(TIMEOUT)
+    assert websocket.state == "CLOSED"

@@ -24,4 +24,5 @@ urlpatterns = [
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("count-users/", views.count_users),
     path("server-close/", views.server_close),
+    path("frozen-objects/", views.frozen_objects),
 ]

@@ -1,5 +1,6 @@
 """Views the integration tests talk to through a real server."""
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -225,3 +226,7 @@ def server_close(request):
     """Send one message, then close from the server side."""
     request.websocket.send("bye")
     request.websocket.close(4000, "done")
+
+
+def frozen_objects(request):
+    return HttpResponse(str(gc.get_freeze_count()))

@@ -1,0 +1,251 @@
+"""
+Reading a websocket in the hub, and the inbox where messages wait for the view.
+
+:class:`Reader` is a mixin of :class:`~django_websocket.websocket.WebSocket`:
+an io watcher parses what the client sends, answers its pings, and queues
+its messages in a bounded inbox, pausing when the inbox is full; views wait
+for messages and the closing handshake. This code runs in the hub, where
+nothing may block: it is kept apart from the public API in
+:mod:`django_websocket.websocket`. The mixin declares no slot: the
+WebSocket declares them all, so that it has no ``__dict__``.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+
+import gevent
+from gevent import getcurrent
+from gevent.hub import Waiter, get_hub
+
+from . import protocol as engine
+from .exceptions import ProtocolError
+from .states import CLOSED
+
+__all__ = ["Reader"]
+
+logger = logging.getLogger(__name__)
+
+# Large enough for a 64 KiB frame in one call; the bytes object it allocates
+# is shrunk to what arrived.
+RECV_SIZE = 65536
+
+# What a non-blocking read raises when no data is ready.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class Reader:
+    """Reading and the inbox of a :class:`~django_websocket.websocket.WebSocket`."""
+
+    __slots__ = ()
+
+    # No greenlet waits on the socket: an io watcher calls _on_readable in
+    # the hub whenever data arrives, and the messages it parses go to the
+    # inbox, where the view finds them. An idle connection costs a watcher
+    # instead of a greenlet and its stack, and a message reaches a waiting
+    # view with one switch. The hub must never block: writes there take
+    # only what the socket takes at once (a greenlet writes the rest), and
+    # the closing handshake runs in a greenlet.
+
+    def _start_reading(self) -> None:
+        self._reader = get_hub().loop.io(self._sock.fileno(), 1)
+        # Bytes that came with the handshake are parsed first, in order.
+        data, self._buffered = self._buffered, b""
+        if data:
+            self._on_data(data)
+        if self._reader is not None and not self._paused:
+            self._reader.start(self._on_readable)
+
+    def _stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _on_readable(self) -> None:
+        # Called in the hub when the socket has data, or is closed.
+        if self._reader is None or self._paused:
+            return
+        sock = self._sock
+        # A read that would block must fail instead: the hub cannot wait.
+        # No other greenlet runs before the timeout is restored.
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            data = sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            data = b""
+        finally:
+            sock.settimeout(timeout)
+        if not data:
+            self._stop_reading()
+            if not self._parser.closed:
+                self._connection_lost()
+            return
+        self._last_received = time.monotonic()
+        self._on_data(data)
+        self._read_pending()
+
+    def _read_pending(self) -> None:
+        # With TLS, decrypted bytes may wait in the SSL object while the
+        # socket has nothing more: the watcher would not see them.
+        if self._tls and self._reader is not None and not self._paused and self._sock.pending():
+            get_hub().loop.run_callback(self._on_readable)
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            events = self._parser.feed(data)
+        except Exception:
+            logger.exception("error parsing websocket frames")
+            self._stop_reading()
+            gevent.spawn_raw(self._abort, 1011, "internal error")
+            return
+        self._dispatch(events, 0)
+
+    def _dispatch(self, events: list, index: int) -> None:
+        """Queue the messages among ``events`` for the view and act on the others."""
+        inbox = self._inbox
+        limit = self.max_queue
+        count = len(events)
+        endings = None
+        while index < count:
+            event = events[index]
+            index += 1
+            kind = type(event)
+            if kind is str or kind is bytes:
+                if self._sent_close is not None:
+                    continue  # the view gets no message after a close frame
+                inbox.append(event)
+                if len(inbox) >= limit:
+                    # Full: stop reading until the view makes room, so
+                    # that TCP pushes back on the client.
+                    self._paused = True
+                    if self._reader is not None:
+                        self._reader.stop()
+                    if index < count:
+                        self._backlog = (events, index)
+                    break
+            elif kind is engine.Ping:
+                if self._sent_close is None:
+                    self._send_control(engine.encode_frame(engine.OP_PONG, event.payload))
+            elif kind is engine.Close or kind is ProtocolError:
+                # The parser's last events: a protocol error, a close frame, or both.
+                endings = [event] if endings is None else [*endings, event]
+        if self._parser.closed:
+            self._stop_reading()
+        if endings is not None:
+            # Last: the views may run from here on (see _wake).
+            for event in endings:
+                self._handle(event)
+        elif inbox:
+            self._wake_waiters()
+
+    def _make_room(self) -> None:
+        # Messages left the inbox: read again if it was full, and let in a
+        # group message that waits for room.
+        if len(self._inbox) >= self.max_queue:
+            return
+        room, self._room = self._room, None
+        if room is not None:
+            _wake(room)
+        if self._paused:
+            self._paused = False
+            backlog, self._backlog = self._backlog, None
+            if backlog is not None:
+                self._dispatch(*backlog)
+            if not self._paused and self._reader is not None:
+                self._reader.start(self._on_readable)
+                self._read_pending()
+
+    def _park(self, timeout: float | None) -> None:
+        """Wait until a message is queued, or none will come; at most ``timeout`` seconds."""
+        timer = None
+        if timeout is not None:
+            timer = gevent.Timeout(timeout, TimeoutError(f"no message within {timeout} seconds"))
+            timer.start()
+        try:
+            while not self._ended and (not self._inbox or self._sent_close is not None):
+                self._wait_for_wake_up()
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def _wait_closed(self, timeout: float) -> bool:
+        """
+        Wait until the TCP connection is closed, at most ``timeout`` seconds; tell whether it is.
+
+        """
+        if self.state is CLOSED:
+            return True
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            while self.state is not CLOSED:
+                self._wait_for_wake_up()
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return False
+        finally:
+            timer.close()
+        return True
+
+    def _wait_for_wake_up(self) -> None:
+        # Until _wake_waiters(): a message came, or the connection ends.
+        waiter = Waiter()
+        self._waiters.append(waiter)
+        try:
+            waiter.get()
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake_waiters(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                _wake(waiter)
+
+    def _put_when_room(self, message) -> None:
+        # The flusher gives a group message to the view once there is room.
+        while len(self._inbox) >= self.max_queue:
+            self._room = waiter = Waiter()
+            waiter.get()
+            if self._sent_close is not None or self._ended:
+                return
+        self._inbox.append(message)
+        self._wake_waiters()
+
+    def _handle(self, event) -> None:
+        # The client closed, or broke the protocol. Often in the hub: nothing
+        # here waits.
+        if self.state is CLOSED:
+            return
+        if type(event) is engine.Close:
+            self.close_code, self.close_reason = event.code, event.reason
+            if self._close_written:
+                self._shutdown()
+            elif self._sent_close is not None:
+                # Our close frame is still being written, or waits for the
+                # write lock: its writer closes TCP once it is out (see
+                # _close_sent).
+                pass
+            else:
+                # Echo the client's code, as RFC 6455 section 5.5.1 asks.
+                self._close_when_read(None if event.code == 1005 else event.code, "")
+        else:
+            logger.debug("failing the connection: %s", event)
+            self._close_when_read(event.code, event.reason)
+
+
+def _wake(waiter: Waiter) -> None:
+    """Resume the greenlet blocked in ``waiter.get()``: at once from the hub, else soon."""
+    if getcurrent() is waiter.hub:
+        waiter.switch(None)
+    else:
+        waiter.hub.loop.run_callback(waiter.switch, None)
