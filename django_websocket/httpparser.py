@@ -26,11 +26,12 @@ __all__ = [
     "MAX_HEAD",
 ]
 
-#: The longest header line accepted, in bytes: gunicorn's default
+#: The longest header line accepted by default, in bytes: gunicorn's default
 #: ``--limit-request-field_size``, and about nginx's (8 KiB).
 MAX_LINE = 8190
 
-#: The most header lines accepted, as gunicorn's default ``--limit-request-fields``.
+#: The most header lines accepted by default: gunicorn's default
+#: ``--limit-request-fields``.
 MAX_HEADERS = 100
 
 #: The most bytes of header lines accepted in all: the environ of a
@@ -87,9 +88,14 @@ _METHODS = {
 }
 
 
-def read_headers(rfile: BinaryIO) -> dict[str, str]:
+def read_headers(
+    rfile: BinaryIO, max_line: int = MAX_LINE, max_headers: int = MAX_HEADERS
+) -> dict[str, str]:
     """
     Read header lines from ``rfile`` up to the empty line that ends them.
+
+    At most ``max_headers`` lines of at most ``max_line`` bytes each are
+    read, and :data:`MAX_HEAD` bytes in all (or ``max_line``, if more).
 
     Returns them as WSGI environ entries: ``Sec-WebSocket-Key`` becomes
     ``HTTP_SEC_WEBSOCKET_KEY``, ``Content-Type`` and ``Content-Length``
@@ -111,17 +117,18 @@ def read_headers(rfile: BinaryIO) -> dict[str, str]:
 
     """
     headers: dict[str, str] = {}
+    max_head = max(MAX_HEAD, max_line)
     size = 0
-    for _ in range(MAX_HEADERS + 1):
-        line = rfile.readline(MAX_LINE + 1)
+    for _ in range(max_headers + 1):
+        line = rfile.readline(max_line + 1)
         if line == b"\r\n" or line == b"\n":
             _check_framing(headers)
             return headers
-        if len(line) > MAX_LINE:
+        if len(line) > max_line:
             raise BadRequest("A header line is too long.")
         size += len(line)
-        if size > MAX_HEAD:
-            raise BadRequest(f"The request headers are over {MAX_HEAD} bytes.")
+        if size > max_head:
+            raise BadRequest(f"The request headers are over {max_head} bytes.")
         if not line.endswith(b"\n"):
             raise BadRequest("The request headers are incomplete.")
         name, colon, value = line.decode("latin-1").partition(":")
@@ -140,7 +147,7 @@ def read_headers(rfile: BinaryIO) -> dict[str, str]:
             headers[key] += separator + value
         else:
             headers[key] = value
-    raise BadRequest(f"More than {MAX_HEADERS} header lines.")
+    raise BadRequest(f"More than {max_headers} header lines.")
 
 
 def _environ_key(name: str) -> str | None:
@@ -179,16 +186,18 @@ def _check_framing(headers: dict[str, str]) -> None:
     encoding = headers.get("HTTP_TRANSFER_ENCODING")
     if encoding is not None:
         # RFC 9112 section 6.3: chunked must be the last coding, and the
-        # worker decodes no other (nor chunked twice).
-        if encoding.strip().lower() != "chunked":
+        # worker decodes no other (nor chunked twice). Values are stripped
+        # of spaces and tabs only: "chunked\xa0" is not chunked.
+        if encoding.lower() != "chunked":
             raise BadRequest(f"Unsupported Transfer-Encoding: {encoding[:40]!r}")
+        headers["HTTP_TRANSFER_ENCODING"] = "chunked"
         return  # it decides where the body ends, whatever Content-Length says
     length = headers.get("CONTENT_LENGTH")
     if length is None:
         return
     # Repeated identical values are allowed (RFC 9112 section 6.3); digits
     # only, as int() would take "+1" or "1_0".
-    values = {value.strip() for value in length.split(",")}
+    values = {value.strip(" \t") for value in length.split(",")}
     if len(values) != 1 or not (value := values.pop()).isdigit() or not value.isascii():
         raise BadRequest(f"Invalid Content-Length: {length[:40]!r}")
     headers["CONTENT_LENGTH"] = value
@@ -198,10 +207,14 @@ def path_info(target: str) -> tuple[str, str]:
     """
     Split a request target into ``PATH_INFO`` and ``QUERY_STRING``.
 
-    ``PATH_INFO`` is percent-decoded into latin-1 text, as PEP 3333 asks.
+    ``PATH_INFO`` is percent-decoded into latin-1 text, as PEP 3333 asks. Of
+    an absolute-form target (``http://host/path``), it is the path.
 
     """
     path, _, query = target.partition("?")
+    if not path.startswith("/") and "://" in path:
+        # The absolute form (RFC 9112 section 3.2.2): keep the path.
+        path = "/" + path.partition("://")[2].partition("/")[2]
     if "%" in path:
         path = unquote(path, "latin-1")
     return path, query

@@ -21,12 +21,14 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sys
 import time
 
 import gevent
 from gevent import pywsgi
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker as BaseWorker
 from geventwebsocket.handler import WebSocketHandler as BaseHandler
+from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from . import handshake, httpparser
@@ -45,6 +47,12 @@ class _HeaderTimeout(TimeoutError):
 
 class WebSocketHandler(BaseHandler):
     """A pywsgi handler that serves websocket upgrades through the WSGI app."""
+
+    #: The longest header line and the most header lines of a request; the
+    #: gunicorn worker sets them from ``--limit-request-field_size`` and
+    #: ``--limit-request-fields``.
+    max_header_line = httpparser.MAX_LINE
+    max_headers = httpparser.MAX_HEADERS
 
     def run_application(self) -> None:
         try:
@@ -68,6 +76,7 @@ class WebSocketHandler(BaseHandler):
         # reads the response. Write it, then read what the client still
         # sends, for a while, before the connection closes.
         self.status, response = result
+        self._orig_status = self.status  # what pywsgi's and runserver's logs read
         self.close_connection = True
         try:
             self.socket.sendall(response)
@@ -88,6 +97,7 @@ class WebSocketHandler(BaseHandler):
         # What the access log reports is this request's, not the previous
         # one's on a keep-alive connection, even if it is refused (400, 414).
         self.environ = self.command = self.path = self.request_version = None
+        self._orig_status = None
         self.headers = _EnvironHeaders({})
         self.response_headers = []
         _waiting_for_request.add(self)
@@ -109,9 +119,14 @@ class WebSocketHandler(BaseHandler):
         )
         try:
             with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
-                self._header_environ = httpparser.read_headers(self.rfile)
+                self._header_environ = httpparser.read_headers(
+                    self.rfile, self.max_header_line, self.max_headers
+                )
         except _HeaderTimeout:
             raise ValueError("request headers not received in time") from None
+        except OSError as exc:
+            # pywsgi would print a traceback for a client that went away.
+            raise ValueError(f"connection lost while reading the request headers: {exc}") from None
         headers = self._header_environ
         self.headers = _EnvironHeaders(headers)
         options = {token.strip() for token in headers.get("HTTP_CONNECTION", "").lower().split(",")}
@@ -194,6 +209,12 @@ class WebSocketHandler(BaseHandler):
     def start_response(self, status, headers, exc_info=None):
         websocket = self.environ.get(handshake.ENVIRON_KEY)
         if websocket is None or websocket.state is CONNECTING:
+            if self.close_connection and self.request_version == "HTTP/1.1" and not any(
+                name.lower() == "connection" for name, _ in headers
+            ):
+                # Say so (RFC 9112 section 9.6): a client may have sent more
+                # requests behind this one.
+                headers = [*headers, ("Connection", "close")]
             return super().start_response(status, headers, exc_info)
         # The client has its 101: the response only decides the close code.
         self._orig_status = status
@@ -369,8 +390,12 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):
 
     def log_request(self) -> None:
         # Recent gunicorn versions tell whether the access log is on: when
-        # it is off, the record is not built at all.
-        if not getattr(self.server.log, "access_log_enabled", True):
+        # it is off, the record is not built at all. Other loggers, such as
+        # gunicorn's statsd one, want every request.
+        log = self.server.log
+        if getattr(type(log), "access", None) is Logger.access and not getattr(
+            log, "access_log_enabled", True
+        ):
             return
         if self.environ is None:
             # A request refused before it had an environ (400, 414): the
@@ -406,6 +431,15 @@ class GeventWebSocketWorker(BaseWorker):
 
     wsgi_handler = GunicornWebSocketHandler
 
+    def init_process(self) -> None:
+        # gunicorn's limits on request headers, read as gunicorn's own parser
+        # reads them: 0 fields means the most it allows, a size of 0 no limit.
+        fields = self.cfg.limit_request_fields
+        size = self.cfg.limit_request_field_size
+        self.wsgi_handler.max_headers = fields if 0 < fields <= 32768 else 32768
+        self.wsgi_handler.max_header_line = size if size > 0 else sys.maxsize - 1
+        super().init_process()
+
     def load_wsgi(self) -> None:
         super().load_wsgi()
         _freeze_loaded_objects()
@@ -436,7 +470,7 @@ def _freeze_loaded_objects() -> None:
     Every Django request leaves reference cycles (the request and its lazy
     user, its message storage...) that only the cycle collector frees; now
     and then it runs a full collection, which scans every object of the
-    process, Django's modules and URLconf included, while every connection
+    process, Django's modules and settings included, while every connection
     of the worker waits (tens of milliseconds). Frozen, the objects that
     loading left alive are never scanned again; the garbage that loading
     made is collected first.

@@ -312,7 +312,28 @@ def test_transfer_encoding_other_than_chunked(encoding):
 def test_chunked_with_content_length():
     # Chunked decides where the body ends: the worker drops Content-Length.
     headers = headers_of(b"Transfer-Encoding: Chunked", b"Content-Length: nope")
-    assert headers["HTTP_TRANSFER_ENCODING"] == "Chunked"
+    assert headers["HTTP_TRANSFER_ENCODING"] == "chunked"
+
+
+@pytest.mark.parametrize("suffix", [b"\xa0", b"\x85"], ids=["no-break space", "next line"])
+def test_framing_values_are_stripped_of_spaces_and_tabs_only(suffix):
+    # str.strip() would take these latin-1 characters for whitespace: the
+    # parser and the worker must agree on what is chunked.
+    assert refusal_of(b"Transfer-Encoding: chunked" + suffix).startswith(
+        "Unsupported Transfer-Encoding"
+    )
+    assert refusal_of(b"Content-Length: 1" + suffix).startswith("Invalid Content-Length")
+
+
+def test_limits_are_arguments():
+    # The worker passes gunicorn's --limit-request-field_size and --limit-request-fields.
+    line = b"X-Big: " + b"a" * 10_000
+    assert refusal_of(line) == "A header line is too long."
+    headers = read_headers(rfile(line + b"\r\n\r\n"), max_line=16_384)
+    assert headers == {"HTTP_X_BIG": "a" * 10_000}
+    lines = b"".join(b"X-%d: 1\r\n" % number for number in range(3))
+    with pytest.raises(BadRequest, match="More than 2 header lines"):
+        read_headers(rfile(lines + b"\r\n"), max_headers=2)
 
 
 def test_leading_whitespace_on_first_header():
@@ -348,7 +369,8 @@ def test_most_header_bytes():
     # websocket's environ lives as long as its connection.
     value = b"a" * (MAX_LINE - 100)
     count = httpparser.MAX_HEAD // len(value)
-    assert len(headers_of(*(b"X-%d: " % number + value for number in range(count - 1)))) == count - 1
+    lines = [b"X-%d: " % number + value for number in range(count - 1)]
+    assert len(headers_of(*lines)) == count - 1
     message = refusal_of(*(b"X-%d: " % number + value for number in range(count + 1)))
     assert message == f"The request headers are over {httpparser.MAX_HEAD} bytes."
 
@@ -489,11 +511,14 @@ def test_invalid_names_are_not_cached(monkeypatch):
         ("/%41?q=%41+%42", ("/A", "q=%41+%42")),
         ("/100%/", ("/100%/", "")),
         ("/a+b/", ("/a+b/", "")),
+        ("http://example.com/chat/?room=1", ("/chat/", "room=1")),
+        ("https://example.com:8443", ("/", "")),
+        ("*", ("*", "")),
     ],
     ids=[
         "root", "path", "query", "empty query", "question mark in query", "space",
         "encoded slash", "utf-8 as latin-1", "latin-1", "query not decoded", "stray percent",
-        "plus kept",
+        "plus kept", "absolute form", "absolute form without a path", "asterisk",
     ],
 )
 def test_path_info(target, expected):

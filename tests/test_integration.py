@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,12 +26,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as websockets_connect
 
 from .servers import (
+    NO_CONTROL_SOCKET,
     TIMEOUT,
     connect,
     http_get,
     poll,
     raw_request,
     server_env,
+    start_bound,
     start_gunicorn,
     upgrade_request,
 )
@@ -920,3 +923,52 @@ def test_transfer_encoding_with_content_length_closes_after_the_response(server)
     received = exchange(server, head + b"5\r\nhello\r\n0\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 "), received[:300]
     assert received.endswith(b"plain view")
+
+
+# 40 cookies of 250 bytes, each under browsers' 4 KiB limit: a 10 KiB line.
+BIG_COOKIE = b"Cookie: " + b"; ".join(b"c%02d=%s" % (n, b"v" * 245) for n in range(40))
+
+
+def test_header_limits_follow_gunicorns_options(tmp_path):
+    limits = ["--limit-request-field_size", "16384", "--limit-request-fields", "5"]
+    server = start_gunicorn(tmp_path / "server.log", *limits)
+    try:
+        head = request_head(server, "GET /plain/ HTTP/1.1", BIG_COOKIE, b"Connection: close")
+        assert exchange(server, head).startswith(b"HTTP/1.1 200 ")
+        lines = [b"X-%d: 1" % number for number in range(5)]
+        head = request_head(server, "GET /plain/ HTTP/1.1", *lines)
+        assert exchange(server, head).startswith(b"HTTP/1.1 400 ")
+    finally:
+        server.stop()
+
+
+def test_default_header_line_limit_is_gunicorns(server):
+    head = request_head(server, "GET /plain/ HTTP/1.1", BIG_COOKIE, b"Connection: close")
+    assert exchange(server, head).startswith(b"HTTP/1.1 400 ")
+
+
+def test_statsd_metrics_without_access_log(tmp_path):
+    # gunicorn's statsd logger counts requests in its access(), called even
+    # though the access log is off.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(TIMEOUT / 10)
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", "django_websocket.worker.GeventWebSocketWorker",
+            "--statsd-host", "127.0.0.1:%d" % udp.getsockname()[1],
+            *NO_CONTROL_SOCKET, "tests.wsgi",
+        ]
+        server = start_bound(command, tmp_path / "server.log", server_env())
+        try:
+            assert http_get(server, "/plain/?statsd").status == 200
+            received = b""
+            deadline = time.monotonic() + TIMEOUT
+            while b"gunicorn.requests:1|c" not in received and time.monotonic() < deadline:
+                try:
+                    received += udp.recv(4096) + b"\n"
+                except socket.timeout:
+                    pass
+        finally:
+            server.stop()
+    assert b"gunicorn.requests:1|c" in received, received

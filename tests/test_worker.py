@@ -192,3 +192,71 @@ def test_keep_alive(serve, request_head, closed):
     received, was_closed = exchange(serve(echo_body), request_head)
     assert received.startswith(b"HTTP/1.1 200 "), received
     assert was_closed is closed
+
+
+class _Log(list):
+    def write(self, line):
+        self.append(line)
+
+
+@pytest.mark.parametrize("handler", ["worker", "runserver"])
+@pytest.mark.parametrize(
+    "before", [b"", b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"], ids=["alone", "after a request"]
+)
+def test_refused_head_is_logged_with_its_status(handler, before):
+    # pywsgi's access log format, as runserver and plain pywsgi servers print it.
+    import socket
+
+    import gevent.socket
+    from gevent import pywsgi
+
+    from django_websocket.management.commands.runserver import DevelopmentHandler
+    from django_websocket.worker import WebSocketHandler
+
+    handler_class = DevelopmentHandler if handler == "runserver" else WebSocketHandler
+    log = _Log()
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), echo_body, handler_class=handler_class,
+                               log=log, error_log=_Log())
+    ours, theirs = gevent.socket.socketpair()
+    greenlet = gevent.spawn(handler_class(ours, ("127.0.0.1", 1234), server).handle)
+    try:
+        theirs.sendall(before + b"GET /second HTTP/1.1\r\nBad Header: x\r\n\r\n")
+        theirs.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := theirs.recv(65536):
+            received += chunk
+        greenlet.join(TIMEOUT)
+    finally:
+        greenlet.kill()
+        theirs.close()
+    assert b"HTTP/1.1 400 " in received
+    assert '"GET /second HTTP/1.1" 400' in "".join(log), log
+
+
+def test_client_gone_during_the_head_leaves_no_traceback(serve, capfd):
+    import socket
+    import struct
+
+    import gevent.socket
+
+    port = serve(echo_body)
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n")  # no end of head
+    gevent.sleep(20 * MS)  # the handler waits for the rest
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # reset
+    gevent.sleep(50 * MS)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_connection_closed_after_the_response_says_so(serve):
+    # RFC 9112 section 9.6: chunked and Content-Length together close the connection.
+    received, closed = exchange(
+        serve(echo_body),
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    )
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert closed
+    assert b"\r\nConnection: close" in head, head
+    assert body == b"/a body=b'hello'"
