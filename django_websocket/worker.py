@@ -392,10 +392,10 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):
         # Recent gunicorn versions tell whether the access log is on: when
         # it is off, the record is not built at all. Other loggers, such as
         # gunicorn's statsd one, want every request.
+        # (gevent may wrap gunicorn's logger: look at the bound method.)
         log = self.server.log
-        if getattr(type(log), "access", None) is Logger.access and not getattr(
-            log, "access_log_enabled", True
-        ):
+        access = getattr(getattr(log, "access", None), "__func__", None)
+        if access is Logger.access and not getattr(log, "access_log_enabled", True):
             return
         if self.environ is None:
             # A request refused before it had an environ (400, 414): the
