@@ -103,15 +103,10 @@ class Keepalive:
         # The greenlet that writes waiting pings and pongs.
         try:
             if rest is not None:
-                try:
-                    self._sendall(rest)
-                finally:
-                    self._write_lock.release()
+                self._finish_frame(rest)
             while self._control:
                 _, frame = self._control.popitem()
                 self._write(frame)
-        except OSError:
-            self._connection_lost()
         except ConnectionClosed:
             pass
         finally:

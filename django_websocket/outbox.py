@@ -152,13 +152,7 @@ class Outbox:
         try:
             partial, self._partial = self._partial, None
             if partial is not None:
-                try:
-                    self._sendall(partial)
-                except OSError:
-                    self._connection_lost()
-                    raise self._closed_error() from None
-                finally:
-                    self._write_lock.release()
+                self._finish_frame(partial)
                 self._outbox_size -= len(partial)
             while outbox:
                 item, size = outbox[0]

@@ -48,7 +48,7 @@ class Reader:
     # instead of a greenlet and its stack, and a message reaches a waiting
     # view with one switch. The hub must never block: writes there take
     # only what the socket takes at once (a greenlet writes the rest), and
-    # the closing handshake runs in a greenlet.
+    # waiting for the client's close frame is left to close(), in the view.
 
     def _start_reading(self) -> None:
         self._reader = get_hub().loop.io(self._sock.fileno(), 1)
@@ -230,14 +230,11 @@ class Reader:
             self.close_code, self.close_reason = event.code, event.reason
             if self._close_written:
                 self._shutdown()
-            elif self._sent_close is not None:
-                # Our close frame is still being written, or waits for the
-                # write lock: its writer closes TCP once it is out (see
-                # _close_sent).
-                pass
-            else:
+            elif self._sent_close is None:
                 # Echo the client's code, as RFC 6455 section 5.5.1 asks.
                 self._close_when_read(None if event.code == 1005 else event.code, "")
+            # Else our close frame is still being written, or waits for the
+            # write lock: its writer closes TCP once it is out (_close_sent).
         else:
             logger.debug("failing the connection: %s", event)
             self._close_when_read(event.code, event.reason)

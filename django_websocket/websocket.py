@@ -397,6 +397,24 @@ class WebSocket(Reader, Outbox, Keepalive):
             return None
         return frame[sent:]
 
+    def _finish_frame(self, rest: bytes) -> None:
+        """
+        Write the rest of a frame that :meth:`_start_frame` began; release the write lock.
+
+        Waits for the client, up to :attr:`send_timeout` seconds.
+
+        Raises:
+            ConnectionClosed: the connection was lost, and is closed now.
+
+        """
+        try:
+            self._sendall(rest)
+        except OSError:
+            self._connection_lost()
+            raise self._closed_error() from None
+        finally:
+            self._write_lock.release()
+
     def _closed_error(self) -> ConnectionClosed:
         code, reason = (self._sent_close or (None, None))
         return ConnectionClosed(
@@ -465,16 +483,12 @@ class WebSocket(Reader, Outbox, Keepalive):
 
     def _write_close(self, data: bytes, locked: bool) -> None:
         # In a greenlet: write the close frame, or the rest of it.
-        lock = self._write_lock
         if not locked:
-            lock.acquire()
+            self._write_lock.acquire()
         try:
-            self._sendall(data)
-        except OSError:
-            self._connection_lost()
+            self._finish_frame(data)
+        except ConnectionClosed:
             return
-        finally:
-            lock.release()
         self._close_sent()
 
     def _close_sent(self) -> None:

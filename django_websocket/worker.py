@@ -280,18 +280,12 @@ def _stop_waiting_for_requests() -> None:
 
 
 class _EnvironHeaders:
-    """The request headers that pywsgi and gunicorn's access log look up, from the environ."""
+    """The request headers, as gunicorn's access log reads them, from the environ."""
 
     __slots__ = ("environ",)
 
     def __init__(self, environ: dict) -> None:
         self.environ = environ
-
-    def get(self, name: str, default=None):
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        return self.environ.get(key, default)
 
     def items(self) -> list[tuple[str, str]]:
         return [

@@ -250,7 +250,10 @@ def test_notification_from_the_command_line_reaches_that_user_only(site, alice, 
 
 def test_notification_from_a_view_reaches_that_user_only(alice, bob):
     alice_page, bob_page = alice.open("/notifications/"), bob.open("/")
+    # The form's page reloads when it is sent: this tab stays open meanwhile.
+    alice_tab = alice.open("/")
     expect(bob_page.locator("#live-state")).to_have_attribute("data-state", "connected")
+    expect(alice_tab.locator("#live-state")).to_have_attribute("data-state", "connected")
 
     alice_page.get_by_label("To:").fill(bob.username)
     alice_page.get_by_label("Text:").fill("Lunch?")
@@ -258,6 +261,7 @@ def test_notification_from_a_view_reaches_that_user_only(alice, bob):
     expect(alice_page.locator(".messages")).to_have_text(f"Sent to {bob.username}.")
     expect(bob_page.locator("#notifications li")).to_have_text([f"{alice.username} says: Lunch?×"])
     assert stays_empty(alice_page.locator("#notifications li"))
+    assert stays_empty(alice_tab.locator("#notifications li"))
 
 
 def test_pages_reconnect_after_the_server_restarts(site, alice, bob):

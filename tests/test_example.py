@@ -83,7 +83,6 @@ def start_example(
     command = [
         sys.executable, "-m", "gunicorn",
         "--config", str(project / "gunicorn.conf.py"),
-        "--workers", "2",
         *servers.NO_CONTROL_SOCKET,
     ]
     return servers.start_bound(
@@ -282,7 +281,6 @@ def test_sign_up_creates_a_user_and_logs_in(site):
 
     # The password works on the login page, in a new session.
     other = Visitor(site)
-    other.get("/accounts/login/")
     response = other.post("/accounts/login/", {
         "username": username, "password": "correct horse battery",
     })
@@ -414,8 +412,11 @@ def test_notify_command_reaches_every_page_of_that_user_only(project, redis_serv
         assert_nothing_received(bob_page)
 
 
-def test_notify_command_explains_that_it_needs_redis(project, alice):
-    result = manage(project, None, "notify", alice.username, "Hello")
+@pytest.mark.parametrize("command", [["notify", "alice", "Hello"], ["announce", "Hello"]])
+def test_commands_explain_that_they_need_redis(project, alice, command):
+    if command[0] == "notify":
+        command = ["notify", alice.username, "Hello"]
+    result = manage(project, None, *command)
     assert result.returncode == 1
     assert "with REDIS_URL set" in result.stderr
 
@@ -449,9 +450,10 @@ def test_logging_out_reloads_the_other_tabs_of_that_session_only(site):
     visitor = Visitor(site)
     visitor.sign_up(unique("erin"))
     other_browser = Visitor(site)
-    other_browser.post("/accounts/login/", {
+    response = other_browser.post("/accounts/login/", {
         "username": visitor.username, "password": "correct horse battery",
     })
+    assert response.status == 302
     with visitor.connect("/ws/notifications/") as tab, \
             other_browser.connect("/ws/notifications/") as other_tab:
         response = visitor.post("/accounts/logout/", {})

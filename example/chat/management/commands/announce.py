@@ -3,6 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from django_websocket import BroadcastError, broadcast, publish
+from mysite.commands import require_shared_backend
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
     def handle(self, *, message, room, **options):
         # The example's pages speak JSON; the chat shows announcements to its room.
         announcement = {"type": "announcement", "text": message}
+        require_shared_backend()
         try:
             if room:
                 publish(f"room.{room}", json.dumps({**announcement, "room": room}))

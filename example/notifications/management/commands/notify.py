@@ -2,8 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from django_websocket import BroadcastError
-from django_websocket.broadcast import get_backend
-from django_websocket.broadcast.locmem import LocMemBackend
+from mysite.commands import require_shared_backend
 from notifications.events import notify
 
 
@@ -20,12 +19,7 @@ class Command(BaseCommand):
             user = User.objects.get_by_natural_key(username)
         except User.DoesNotExist:
             raise CommandError(f"There is no user named {username}.") from None
-        if isinstance(get_backend(), LocMemBackend):
-            # It would reach the websockets of this process: there are none.
-            raise CommandError(
-                "The in-memory broadcast backend cannot reach the server's websockets: "
-                "run the server and this command with REDIS_URL set."
-            )
+        require_shared_backend()
         try:
             notify(user, text)
         except BroadcastError as exc:
