@@ -263,18 +263,21 @@ BANNER = re.compile(r"Starting (?:WSGI )?development server at http://127\.0\.0\
 
 
 def start_runserver(
-    log_path: Path, *args: str, manage: bool = True, env: dict[str, str] | None = None
+    log_path: Path, *args: str, manage: bool = True, env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Server:
     """
     Start ``runserver 127.0.0.1:0`` and read the port it bound from its banner.
 
-    With ``manage``, run ``tests/manage.py``, which monkey-patches first as
-    the documentation asks; otherwise ``python -m django``, which does not.
+    With ``manage``, run the ``manage.py`` of ``cwd`` (``tests/manage.py``
+    by default), which monkey-patches first as the documentation asks;
+    otherwise ``python -m django``, which does not.
 
     """
-    program = ["tests/manage.py"] if manage else ["-m", "django"]
+    manage_py = "tests/manage.py" if cwd == ROOT else "manage.py"
+    program = [manage_py] if manage else ["-m", "django"]
     command = [sys.executable, *program, "runserver", "127.0.0.1:0", *args]
-    server = _spawn(command, log_path, env or server_env())
+    server = _spawn(command, log_path, env or server_env(), cwd=cwd)
     try:
         match = poll(lambda: BANNER.search(server.log()) or server.process.poll() is not None,
                      2 * TIMEOUT)

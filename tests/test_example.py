@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -469,27 +468,8 @@ def test_logging_out_reloads_the_other_tabs_of_that_session_only(site):
 
 def test_runserver_serves_the_example_without_redis(project, tmp_path):
     # The README's command: manage.py runserver, with the in-memory backend.
-    log_path = tmp_path / "runserver.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "127.0.0.1:0"],
-            cwd=project,
-            env=example_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Server.stop() stops the autoreloader's child too
-        )
-    server = servers.Server(process, log_path)
+    server = servers.start_runserver(tmp_path / "runserver.log", env=example_env(), cwd=project)
     try:
-        banner = servers.poll(
-            lambda: servers.BANNER.search(server.log()) or process.poll() is not None,
-            2 * TIMEOUT,
-        )
-        assert isinstance(banner, re.Match), server.log()
-        server.port = int(banner.group(1))
-        server.wait_until_ready()
-
         assert servers.http_get(server, "/static/live.js").status == 200
         with servers.connect(server, "/ws/echo/") as websocket:
             websocket.send("hello")
