@@ -185,16 +185,7 @@ def measure(spec_name, workload: Workload, args, log_dir: Path, round_index: int
     server = None
     try:
         server = Server(SPECS[spec_name], log_path, args.server_cpu, args.ready_timeout)
-        pids = server.pids()
-        command = [
-            sys.executable, str(HERE / "client.py"), *workload.args,
-            "--url", server.url, "--origin", server.origin,
-            "--server-pids", ",".join(map(str, pids)),
-            "--duration", str(args.duration), "--warmup", str(args.warmup),
-            "--timeout", str(args.timeout),
-        ]
-        if args.client_cpu is not None:
-            command = ["taskset", "--cpu-list", args.client_cpu, *command]
+        command = client_command(server, workload, args)
         limit = args.warmup + args.duration + 8 * args.timeout + 30
         try:
             completed = subprocess.run(command, capture_output=True, text=True, timeout=limit)
@@ -217,6 +208,20 @@ def measure(spec_name, workload: Workload, args, log_dir: Path, round_index: int
         if server is not None:
             server.stop()
     return record
+
+
+def client_command(server: Server, workload: Workload, args) -> list[str]:
+    """The load generator's command line for ``workload`` against ``server``."""
+    command = [
+        sys.executable, str(HERE / "client.py"), *workload.args,
+        "--url", server.url, "--origin", server.origin,
+        "--server-pids", ",".join(map(str, server.pids())),
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+        "--timeout", str(args.timeout),
+    ]
+    if args.client_cpu is not None:
+        command = ["taskset", "--cpu-list", args.client_cpu, *command]
+    return command
 
 
 def summarize(records: list[dict], servers: list[str], columns) -> dict:

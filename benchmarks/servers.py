@@ -80,6 +80,14 @@ SPECS = {
             processes="workers",
         ),
         Spec(
+            "django+our-worker",
+            "Django view on our worker, without our middleware or decorator",
+            [*GUNICORN, "--worker-class", "django_websocket.worker.GeventWebSocketWorker", "benchsite.wsgi"],
+            path="/ws/echo/",
+            env={"DJANGO_SETTINGS_MODULE": "benchsite.settings_plain"},
+            processes="workers",
+        ),
+        Spec(
             "django+gevent-websocket",
             "Django view on stock gevent-websocket",
             [*GUNICORN, "--worker-class", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "benchsite.wsgi"],

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from . import views_plain
+
+urlpatterns = [path("ws/echo/", views_plain.echo)]
