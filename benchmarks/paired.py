@@ -60,8 +60,8 @@ def measure_pair(names: tuple[str, str], workload: run.Workload, args, log_dir: 
     started: list[Server] = []
     records = [{"round": round_index, "server": name} for name in names]
     try:
-        for name in names:
-            log_path = log_dir / f"r{round_index}-{names[0]}-{names[1]}-{name}.log"
+        for position, name in enumerate(names):
+            log_path = log_dir / f"r{round_index}-{names[0]}-{names[1]}-{position}.log"
             started.append(Server(SPECS[name], log_path, args.server_cpu, args.ready_timeout))
         clients = [subprocess.Popen(
             run.client_command(server, workload, args), stdout=subprocess.PIPE,
@@ -174,7 +174,10 @@ def main() -> None:
                 ours, base = (cpu_per_unit(r, workload.metric) for r in (mine, base_record))
                 rows[name].append((ours, base))
                 errors = [r["error"] for r in measured if "error" in r]
-                status = errors[0] if errors else f"{ours:,.1f} vs {base:,.1f} = {ours / base:.3f}"
+                if errors or not ours or not base:
+                    status = errors[0] if errors else "no figure"
+                else:
+                    status = f"{ours:,.1f} vs {base:,.1f} = {ours / base:.3f}"
                 loads = "+".join(f"{r.get('client_cpu', 0):.2f}" for r in measured)
                 print(f"[{time.monotonic() - started:5.0f}s] round {round_index + 1}/{args.rounds} "
                       f"{name:24} {status} (load generators: {loads} cores)",
