@@ -23,6 +23,9 @@ __all__ = ["Deflate", "negotiate", "parse_extensions"]
 # The empty stored block that ends every compressed message (RFC 7692 7.2.1).
 _TAIL = b"\x00\x00\xff\xff"
 
+# Bytes tolerated after the end of a DEFLATE stream, in the same message.
+_MAX_AFTER_END = 4
+
 # Window and memory sizes for the server's compressor, and for the client's
 # when the client lets the server choose: 4 KiB windows and memLevel 5 keep
 # a compressing connection around 40 KiB instead of 300 KiB, for most of the
@@ -58,25 +61,64 @@ class Deflate:
         self.min_size = min_size
         self._compressor = None
         self._decompressor = None
+        self._after_end = 0  # bytes of the message after the end of its DEFLATE stream
 
     # Receiving.
 
     def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-        """Inflate part of a message; at most ``max_length`` bytes unless 0."""
-        if self._decompressor is None:
-            self._decompressor = zlib.decompressobj(-self.client_window_bits)
+        """
+        Inflate part of a message; at most ``max_length`` bytes unless 0.
+
+        Raises:
+            ProtocolError: 1007, the data is not valid DEFLATE, or more than
+                a few bytes follow the end of a DEFLATE stream (``BFINAL``).
+
+        """
+        decompressor = self._decompressor
+        if decompressor is None:
+            decompressor = self._decompressor = zlib.decompressobj(-self.client_window_bits)
+        elif decompressor.eof:
+            # zlib would keep appending these to unused_data, copying it
+            # whole on every call: count them, and keep nothing.
+            self._after_end += len(data)
+            self._check_after_end()
+            return b""
         try:
-            return self._decompressor.decompress(data, max_length)
+            inflated = decompressor.decompress(data, max_length)
         except zlib.error as exc:
             raise ProtocolError(1007, f"invalid compressed data: {exc}") from None
+        if decompressor.eof:
+            self._after_end = len(decompressor.unused_data)
+            self._check_after_end()
+        return inflated
 
-    def end_message(self) -> None:
-        """Forget the context at the end of a message if the client resets it."""
+    def _check_after_end(self) -> None:
+        # A sender may end a message with a final block (BFINAL) instead of
+        # an empty stored one (RFC 7692 section 7.2.3.4): the example there
+        # leaves one byte behind. More is not a DEFLATE stream.
+        if self._after_end > _MAX_AFTER_END:
+            raise ProtocolError(1007, "invalid compressed data: bytes after the end of the stream")
+
+    def end_message(self, max_length: int = 0) -> bytes:
+        """
+        Inflate the end of a message; forget the context if the client resets it.
+
+        Returns what the empty block the sender removed from the end of the
+        message flushes out, at most ``max_length`` bytes unless 0.
+
+        """
+        decompressor = self._decompressor
+        tail = b""
+        if decompressor is not None and not decompressor.eof:
+            # RFC 7692 7.2.2: the sender removed this empty block's tail.
+            tail = self.decompress(_TAIL, max_length)
         if self.client_no_context_takeover or (
-            self._decompressor is not None and self._decompressor.eof
+            decompressor is not None and decompressor.eof
         ):
             # A client may also end the deflate stream (BFINAL): start anew.
             self._decompressor = None
+        self._after_end = 0
+        return tail
 
     # Sending.
 
@@ -117,9 +159,12 @@ def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]
 
 
 def _window_bits(value: str | None) -> int | None:
-    if value is None or not value.isdigit() or not 8 <= int(value) <= 15:
+    # isdigit() alone is true for "¹²", which int() refuses: two ASCII digits
+    # at most (int() also refuses more than 4300 digits).
+    if value is None or not (len(value) <= 2 and value.isascii() and value.isdigit()):
         return None
-    return int(value)
+    bits = int(value)
+    return bits if 8 <= bits <= 15 else None
 
 
 def _accept(parameters: list[tuple[str, str | None]]) -> tuple[str, Deflate] | None:

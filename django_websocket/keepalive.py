@@ -13,7 +13,10 @@ WebSocket declares them all, so that it has no ``__dict__``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 import time
 
 import gevent
@@ -27,6 +30,9 @@ __all__ = ["Keepalive"]
 logger = logging.getLogger(__name__)
 
 _PING = engine.encode_frame(engine.OP_PING, b"")
+
+_INT_STRUCT = struct.Struct("i")
+_INT = bytes(_INT_STRUCT.size)
 
 _keepalive: gevent.Greenlet | None = None
 
@@ -61,6 +67,12 @@ class Keepalive:
         interval, timeout = self.ping_interval, self.ping_timeout
         if interval is None or self._sent_close is not None:
             return 1.0
+        if self._paused and self._has_unread_data():
+            # The server stopped reading (the view's inbox is full), not the
+            # client: what waits unread, a pong maybe, proves it alive.
+            self._ping_sent = None
+            self._last_received = now
+            return max(0.01, min(1.0, interval / 4))
         if self._ping_sent is not None:
             if self._last_received > self._ping_sent:
                 self._ping_sent = None  # any data proves the client is alive
@@ -74,6 +86,17 @@ class Keepalive:
             self._ping_sent = now
             self._send_control(_PING)
         return max(0.01, min(1.0, interval / 4))
+
+    def _has_unread_data(self) -> bool:
+        """Tell whether the client sent bytes that the server has not parsed yet."""
+        if self._parser is not None and self._parser.backlog:
+            return True
+        try:
+            # Bytes in the kernel's receive buffer, TLS or not.
+            pending = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, _INT)
+        except OSError:
+            return False
+        return _INT_STRUCT.unpack(pending)[0] > 0
 
     def _send_control(self, frame: bytes) -> None:
         """

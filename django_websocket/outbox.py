@@ -26,6 +26,12 @@ __all__ = ["Outbox"]
 
 logger = logging.getLogger(__name__)
 
+#: What a message waiting in the send queue costs beyond its payload, in
+#: bytes, as counted against ``max_send_queue``: the queue's entry and the
+#: message's own objects (about 100 bytes measured for a frame, more for a
+#: message to the view, whose objects all members share).
+QUEUE_ENTRY_SIZE = 128
+
 
 class Outbox:
     """Group subscriptions and send queue of a :class:`~django_websocket.websocket.WebSocket`."""
@@ -115,7 +121,9 @@ class Outbox:
             self._enqueue(message, size)
 
     def _enqueue(self, item, size: int) -> None:
-        # Into the outbox, for the flusher.
+        # Into the outbox, for the flusher. Each message counts its place in
+        # the queue too: a million 1-byte messages take 100 MiB, not 1 MiB.
+        size += QUEUE_ENTRY_SIZE
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()

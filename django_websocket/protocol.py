@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+import sys
 
 from .compression import Deflate, negotiate
 from .exceptions import ProtocolError
@@ -73,6 +74,12 @@ _pack_BBH = struct.Struct("!BBH").pack
 _pack_BBQ = struct.Struct("!BBQ").pack
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+_NO_LIMIT = sys.maxsize
+
+# Parts of a message shorter than this are joined, 32 at a time, until
+# they are as long: a part costs about 40 bytes besides its data.
+_SMALL = 1024
 
 
 def _unmask_python(data: bytes, mask: bytes) -> bytes:
@@ -189,9 +196,16 @@ class Parser:
 
     Call :meth:`feed` with bytes as they arrive from the socket; it returns
     the events they complete. Set ``max_size`` to the largest message, in
-    bytes, to accept (after decompression); a larger one fails the connection
-    with 1009. ``inflater`` is the permessage-deflate decoder negotiated for
-    the connection, if any.
+    bytes, to accept; a larger one fails the connection with 1009. A
+    compressed message is held to it twice: by its bytes on the wire and by
+    its bytes once inflated. ``inflater`` is the permessage-deflate decoder
+    negotiated for the connection, if any.
+
+    Memory stays close to what the caller lets through: a message in
+    progress takes about its own size however it is fragmented, and
+    ``feed(data, max_events)`` stops parsing once it has that many events,
+    keeping the rest of ``data`` unparsed (and uninflated) in
+    :attr:`backlog` until :meth:`feed` is called again.
 
     After a :class:`Close` or a :class:`ProtocolError`, the parser yields
     nothing but the client's close frame, so that the closing handshake can
@@ -200,16 +214,18 @@ class Parser:
     """
 
     __slots__ = (
-        "max_size", "inflater", "closed", "failed", "_header", "_opcode", "_remaining",
-        "_mask", "_offset", "_fin", "_control", "_message_opcode", "_parts", "_size",
-        "_compressed", "_decoder",
-    )
+        "max_size", "inflater", "closed", "failed", "stopped", "_buffer", "_start", "_opcode",
+        "_remaining", "_mask", "_offset", "_fin", "_control", "_message_opcode", "_parts",
+        "_small", "_small_size", "_size", "_wire", "_compressed", "_decoder",
+)
 
     def __init__(self, max_size: int | None = None, inflater=None) -> None:
         self.max_size = max_size
         self.inflater = inflater
-        # Bytes of an incomplete frame header.
-        self._header = b""
+        # Bytes received and not parsed yet: an incomplete frame header, or
+        # what was left when feed() stopped at a limit; from _start.
+        self._buffer = b""
+        self._start = 0
         # The frame whose payload is being read: opcode, bytes still to read,
         # mask, position in the payload (for the mask), fin flag.
         self._opcode = None
@@ -218,36 +234,83 @@ class Parser:
         self._offset = 0
         self._fin = False
         self._control = []  # payload of a control frame split across reads
-        # The data message being assembled.
+        # The data message being assembled: its parts so far (decoded, for
+        # text), parts under _SMALL bytes waiting in _small to be joined
+        # into one (so that a million 1-byte fragments take a megabyte, not
+        # a million objects), its size once inflated, its size on the wire.
         self._message_opcode = None
         self._compressed = False
         self._parts = []
+        self._small = []
+        self._small_size = 0
         self._size = 0
+        self._wire = 0
         self._decoder = None
         # Once failed or closed, only a close frame is reported.
         self.failed = False
         self.closed = False
+        #: Whether the last :meth:`feed` stopped at one of its limits, with
+        #: complete frames left unparsed in :attr:`backlog`.
+        self.stopped = False
+
+    @property
+    def backlog(self) -> int:
+        """How many bytes were received and are not parsed yet."""
+        return len(self._buffer) - self._start
 
     # Reading.
 
-    def feed(self, data: bytes) -> list:
-        """Consume ``data`` and return the events it completes, in order."""
+    def feed(
+        self, data: bytes = b"", max_events: int | None = None, max_frames: int | None = None
+    ) -> list:
+        """
+        Consume ``data`` and return the events it completes, in order.
+
+        Set ``max_events`` to stop once that many events are returned
+        (messages, pings...), and ``max_frames`` to stop after that many
+        frames: the
+        bytes after the frame where it stops are kept, unparsed, and parsed
+        first by the next call (``feed()`` with no data resumes).
+
+        """
         events = []
+        buffer = self._buffer
+        if buffer:
+            position = self._start
+            if data:
+                data = buffer[position:] + data
+                position = 0
+            else:
+                data = buffer
+            self._buffer, self._start = b"", 0
+        else:
+            position = 0
+        self.stopped = False
         if self.closed:
             return events
-        if self._header:
-            data = self._header + data
-            self._header = b""
-        position = 0
         end = len(data)
+        limit = _NO_LIMIT if max_events is None else max_events
+        frames = _NO_LIMIT if max_frames is None else max_frames
         while position < end and not self.closed:
             if self._opcode is None:
+                if len(events) >= limit or frames <= 0:
+                    # The caller has no room for more, or no more time: keep
+                    # the rest as it is.
+                    self._buffer, self._start = data, position
+                    self.stopped = True
+                    break
+                frames -= 1
                 if self._message_opcode is None and not self.failed:
                     stop = self._read_whole_frame(data, position, end, events)
                     if stop:
                         position = stop
                         continue
-                position = self._read_header(data, position, end, events)
+                stop = self._read_header(data, position, end, events)
+                if stop < 0:
+                    # An incomplete header: wait for the rest of it.
+                    self._buffer, self._start = data[position:], 0
+                    break
+                position = stop
             else:
                 position = self._read_payload(data, position, end, events)
         return events
@@ -285,9 +348,9 @@ class Parser:
         return stop
 
     def _read_header(self, data, position: int, end: int, events: list) -> int:
+        """Read a frame header; return where its payload starts, or -1 if it is incomplete."""
         if end - position < 2:
-            self._header = data[position:]
-            return end
+            return -1
         first = data[position]
         second = data[position + 1]
         size = second & 0x7F
@@ -299,8 +362,7 @@ class Parser:
         if second & 0x80:
             start += 4
         if end < start:
-            self._header = data[position:]
-            return end
+            return -1
         if size == 126:
             size = _unpack_H(data, position + 2)[0]
         elif size == 127:
@@ -349,12 +411,15 @@ class Parser:
                 raise ProtocolError(1002, "RSV1 set but no extension was negotiated")
             self._message_opcode = opcode
             self._compressed = bool(first & 0x40)
-            self._size = 0
+            self._size = self._wire = 0
             if opcode == OP_TEXT:
                 self._decoder = _Utf8Decoder()
-        if self.max_size is not None and not self._compressed:
-            if self._size + size > self.max_size:
-                raise ProtocolError(1009, f"message over {self.max_size} bytes")
+        # Compressed or not, a message's bytes on the wire count against the
+        # limit: a client cannot send more than max_size bytes of a message,
+        # even bytes that inflate to nothing.
+        self._wire += size
+        if self.max_size is not None and self._wire > self.max_size:
+            raise ProtocolError(1009, f"message over {self.max_size} bytes")
 
     def _read_payload(self, data, position: int, end: int, events: list) -> int:
         count = min(self._remaining, end - position)
@@ -417,33 +482,59 @@ class Parser:
                 chunk = self._decoder.decode(chunk)
             except UnicodeDecodeError:
                 raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
-        if chunk:
+        if not chunk:
+            return
+        if len(chunk) >= _SMALL:
+            if self._small:
+                self._join_small()
             self._parts.append(chunk)
+            return
+        small = self._small
+        small.append(chunk)
+        self._small_size += len(chunk)
+        if self._small_size >= _SMALL:
+            self._join_small()
+        elif len(small) >= 32:
+            # Keep few objects, even for 1-byte parts.
+            self._small = [chunk[:0].join(small)]
+
+    def _join_small(self) -> None:
+        small = self._small
+        self._parts.append(small[0][:0].join(small))
+        self._small = []
+        self._small_size = 0
 
     def _inflate(self, chunk: bytes) -> bytes:
         limit = 0 if self.max_size is None else self.max_size - self._size + 1
         data = self.inflater.decompress(chunk, limit)
+        self._count_inflated(data)
+        return data
+
+    def _count_inflated(self, data: bytes) -> None:
         self._size += len(data)
         if self.max_size is not None and self._size > self.max_size:
             raise ProtocolError(1009, f"message over {self.max_size} bytes once decompressed")
-        return data
 
     def _end_message(self):
         if self._compressed:
-            # RFC 7692 7.2.2: the sender removed this empty block's tail.
-            self._append(self._inflate(b"\x00\x00\xff\xff"))
-            self.inflater.end_message()
-        parts = self._parts
+            limit = 0 if self.max_size is None else self.max_size - self._size + 1
+            tail = self.inflater.end_message(limit)
+            self._count_inflated(tail)
+            self._append(tail)
         if self._decoder is not None:
             try:
-                tail = self._decoder.decode(b"", True)
+                self._decoder.decode(b"", True)  # a truncated character raises
             except UnicodeDecodeError:
                 raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
-            if tail:
-                parts.append(tail)
-            message = parts[0] if len(parts) == 1 else "".join(parts)
+        if self._small:
+            self._join_small()
+        parts = self._parts
+        if len(parts) == 1:
+            message = parts[0]
+        elif self._message_opcode == OP_TEXT:
+            message = "".join(parts)
         else:
-            message = parts[0] if len(parts) == 1 else b"".join(parts)
+            message = b"".join(parts)
         self._message_opcode = None
         self._compressed = False
         self._decoder = None
@@ -480,6 +571,8 @@ class Parser:
         self._compressed = False
         self._decoder = None
         self._parts = []
+        self._small = []
+        self._small_size = 0
         if self.closed:
             # The client's close frame itself was invalid: it was received
             # all the same, so the closing handshake can end.

@@ -21,5 +21,13 @@ __all__ = ["CONNECTING", "OPEN", "CLOSED"]
 
 CONNECTING, OPEN, CLOSED = "CONNECTING", "OPEN", "CLOSED"
 
-# Every accepted websocket of this process that is not closed yet.
-_open_websockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()
+
+class _OpenWebSockets(weakref.WeakSet["WebSocket"]):
+    """Every accepted websocket of this process that is not closed yet."""
+
+    #: Set when the worker stops: the close code and reason of the websockets
+    #: accepted from then on, which are closed at once.
+    closing: tuple[int, str] | None = None
+
+
+_open_websockets = _OpenWebSockets()

@@ -79,7 +79,7 @@ class WebSocket(Reader, Outbox, Keepalive):
         "adopted", "state", "protocol", "close_code", "close_reason",
         "_last_received", "_ping_sent", "_sent_close", "_close_written", "_pending_close",
         "_ended", "_write_lock", "_inbox", "_waiters", "_room", "_reader", "_paused",
-        "_backlog", "_has_read", "_groups", "_default_groups", "_joined", "_outbox",
+        "_has_read", "_groups", "_default_groups", "_joined", "_outbox",
         "_outbox_size", "_partial", "_flusher", "_flusher_waits_for_view", "_control",
     )
 
@@ -151,7 +151,6 @@ class WebSocket(Reader, Outbox, Keepalive):
         self._room: Waiter | None = None  # the flusher, waiting for room in the inbox
         self._reader = None  # the io watcher that reads, while the socket is read
         self._paused = False  # the inbox is full: reading waits for room
-        self._backlog: tuple[list, int] | None = None  # parsed events not dispatched yet
         self._has_read = False  # the view reads messages
         #: The most bytes of group messages that may wait for this
         #: connection (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for
@@ -239,6 +238,10 @@ class WebSocket(Reader, Outbox, Keepalive):
             _start_keepalive()
         self._start_reading()
         self._join_groups()
+        if _open_websockets.closing is not None:
+            # Accepted after the worker began to stop, and close_all():
+            # closed as the others were.
+            gevent.spawn(self.close, *_open_websockets.closing)
 
     def _ensure_accepted(self) -> None:
         if self.state is CONNECTING:
@@ -326,34 +329,58 @@ class WebSocket(Reader, Outbox, Keepalive):
         if self.state is CONNECTING:
             engine.check_message(message)  # refuse a wrong type before the 101
             self.accept()
-        self._write(engine.encode_message(message, self._deflate))
+        deflate = self._deflate
+        if deflate is None:
+            self._write(engine.encode_message(message))
+            return
+        # Compressed frames depend on every frame compressed before them:
+        # compress under the write lock, so that they go out in the order
+        # the compressor saw them (the lock is not FIFO).
+        engine.check_message(message)
+        with self._write_lock:
+            self._check_open()
+            self._write_locked(engine.encode_message(message, deflate))
 
     def _write(self, frame: bytes) -> None:
         with self._write_lock:
-            if self._sent_close is not None or self.state is CLOSED:
-                raise self._closed_error()
-            try:
-                self._sendall(frame)
-            except OSError:
-                self._connection_lost()
-                raise self._closed_error() from None
+            self._check_open()
+            self._write_locked(frame)
+
+    def _check_open(self) -> None:
+        if self._sent_close is not None or self.state is CLOSED:
+            raise self._closed_error()
+
+    def _write_locked(self, frame: bytes) -> None:
+        try:
+            self._sendall(frame)
+        except OSError:
+            self._connection_lost()
+            raise self._closed_error() from None
 
     def _sendall(self, data: bytes) -> None:
         """
         Write ``data`` whole, under the write lock.
 
         Most writes fit in the socket's buffer at once. Only one that does
-        not waits, and at most :attr:`send_timeout` seconds: a client that
-        does not read then loses its connection (``TimeoutError``). Arming
-        a timer only then, rather than giving the socket a timeout, keeps
-        timers off the path of every read and write.
+        not waits, for the client to read, and a client that reads nothing
+        for :attr:`send_timeout` seconds loses its connection
+        (``TimeoutError``). Arming a timer only then, rather than giving the
+        socket a timeout, keeps timers off the path of every read and write.
 
         """
         sent = self._send_nowait(data)
-        if sent < len(data):
-            message = f"the client read nothing for {self.send_timeout} seconds"
-            with gevent.Timeout(self.send_timeout, TimeoutError(message)):
-                self._sock.sendall(memoryview(data)[sent:])
+        if sent == len(data):
+            return
+        # The timeout is on progress, not on the whole write: a client that
+        # reads a large message slowly but steadily keeps its connection.
+        rest = memoryview(data)[sent:]
+        sock = self._sock
+        timeout = self.send_timeout
+        message = f"the client read nothing for {timeout} seconds"
+        while rest:
+            with gevent.Timeout(timeout, TimeoutError(message)):
+                sent = sock.send(rest)
+            rest = rest[sent:]
 
     def _send_nowait(self, data: bytes) -> int:
         """Write what the socket takes at once, under the write lock; return how many bytes."""
@@ -552,7 +579,6 @@ class WebSocket(Reader, Outbox, Keepalive):
         self.state = CLOSED
         _open_websockets.discard(self)
         self._stop_reading()
-        self._backlog = None
         self._leave_groups()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)

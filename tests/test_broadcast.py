@@ -10,9 +10,11 @@ both.
 
 import gc
 import logging
+import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 from contextlib import ExitStack
 from types import SimpleNamespace
@@ -428,6 +430,30 @@ def test_a_view_that_does_not_read_its_group_messages_is_closed(pairs, caplog):
     assert any("for the view" in r.getMessage() for r in caplog.records)
     # The close frame went out: nothing was being written.
     assert client.read_close() == (1008, "send queue full")
+
+
+def test_tiny_messages_count_their_place_in_the_send_queue(pairs, caplog):
+    # A million 1-character messages are 3 MB of frames, but each waits in
+    # an entry of its own: the limit bounds what they take in memory.
+    websocket, client = opened(pairs)
+    pairs.server_socket(websocket).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    websocket.subscribe("tiny")
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="django_websocket"):
+            for _ in range(50):
+                for _ in range(1000):
+                    publish("tiny", "x")
+                gevent.sleep(0)  # the writer hands them out
+                if websocket.state == "CLOSED":
+                    break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert websocket.state == "CLOSED"
+    assert any("closing a websocket with 1008" in r.getMessage() for r in caplog.records)
+    # 1 MiB of queue, and the publishing loop's own garbage.
+    assert peak < 3 * 1024 * 1024
 
 
 def test_a_message_over_the_limit_alone_is_sent(pairs):

@@ -8,10 +8,15 @@ must not depend on how the bytes arrive.
 
 import random
 import struct
+import tracemalloc
+import zlib
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from django_websocket import protocol
+from django_websocket.compression import Deflate
 from django_websocket.exceptions import ProtocolError
 from django_websocket.protocol import (
     OP_BINARY,
@@ -102,6 +107,17 @@ def describe(event):
 
 def feed(parser: Parser, data: bytes) -> list:
     return [describe(event) for event in parser.feed(data)]
+
+
+def traced(function):
+    """Run ``function``; return its result, and the memory it still holds and at most held."""
+    tracemalloc.start()
+    try:
+        result = function()
+        current, peak = tracemalloc.get_traced_memory()
+        return result, current, peak
+    finally:
+        tracemalloc.stop()
 
 
 def parse_whole(data: bytes, **options) -> list:
@@ -593,6 +609,186 @@ def test_control_frames_ignore_max_size():
 
 def test_no_size_limit():
     assert parse_every_way(frame(OP_BINARY, b"x" * 200000), max_size=None) == [b"x" * 200000]
+
+
+
+def test_tiny_fragments_take_about_the_size_of_the_message():
+    # A binary message that never ends, sent as 1-byte continuation frames:
+    # memory grows by a byte per byte, not by a bytes object per fragment.
+    size = 64 * 1024
+    data = frame(OP_BINARY, b"x", fin=False)
+    data += frame(OP_CONTINUATION, b"y", fin=False) * (size - 1)
+    parser = Parser(max_size=1024 * 1024)
+
+    def parse():
+        for position in range(0, len(data), 16384):
+            assert parser.feed(data[position : position + 16384]) == []
+
+    _, current, peak = traced(parse)
+    assert current < 2 * size
+    assert peak < 3 * size
+
+
+def test_text_in_tiny_fragments():
+    text = "κόσμε € 𝄞" * 100
+    encoded = text.encode()
+    data = frame(OP_TEXT, encoded[:1], fin=False)
+    data += b"".join(
+        frame(OP_CONTINUATION, encoded[i : i + 1], fin=False) for i in range(1, len(encoded))
+    )
+    data += frame(OP_CONTINUATION, b"")
+    assert parse_every_way(data) == [text]
+
+
+# Parsing only as many messages as there is room for.
+
+
+def test_feed_stops_after_max_events():
+    data = frame(OP_TEXT, "one") + frame(OP_PING, b"p")
+    data += frame(OP_TEXT, "two") + frame(OP_TEXT, "3")
+    parser = Parser()
+    assert feed_limited(parser, data, 1) == ["one"]
+    assert parser.stopped
+    assert parser.backlog == len(data) - len(frame(OP_TEXT, "one"))
+    # Resuming with no new data parses what was kept, first.
+    assert feed_limited(parser, b"", 2) == [("ping", b"p"), "two"]
+    assert feed_limited(parser, frame(OP_BINARY, b"4"), 5) == ["3", b"4"]
+    assert not parser.stopped
+    assert parser.backlog == 0
+
+
+def test_feed_stops_after_max_frames():
+    data = frame(OP_TEXT, "a", fin=False) + frame(OP_PING, b"p") + frame(OP_CONTINUATION, "b")
+    data += close_frame()
+    parser = Parser()
+    assert [describe(event) for event in parser.feed(data, None, 2)] == [("ping", b"p")]
+    assert parser.stopped
+    # The rest comes with the next call, even with no new data.
+    assert [describe(event) for event in parser.feed(b"", None, 2)] == ["ab", CLOSE_1000]
+    assert not parser.stopped
+    assert parser.backlog == 0
+
+
+def test_feed_stops_after_a_fragmented_message():
+    data = frame(OP_TEXT, "a", fin=False) + frame(OP_CONTINUATION, "b") + frame(OP_BINARY, b"c")
+    parser = Parser()
+    assert feed_limited(parser, data, 1) == ["ab"]
+    assert feed_limited(parser, b"", 1) == [b"c"]
+
+
+def test_feed_with_room_for_none_parses_nothing():
+    parser = Parser()
+    data = frame(OP_TEXT, "one")
+    assert feed_limited(parser, data, 0) == []
+    assert parser.backlog == len(data)
+    assert feed_limited(parser, b"", 1) == ["one"]
+
+
+def test_an_incomplete_header_is_kept_until_the_rest_comes():
+    parser = Parser()
+    data = frame(OP_BINARY, b"x" * 300)
+    assert feed_limited(parser, data[:3], 1) == []
+    assert parser.backlog == 3
+    assert feed_limited(parser, data[3:], 1) == [b"x" * 300]
+    assert parser.backlog == 0
+
+
+def feed_limited(parser: Parser, data: bytes, max_events: int) -> list:
+    return [describe(event) for event in parser.feed(data, max_events)]
+
+
+# Property-based: whatever the bytes, the parser reports protocol errors as
+# events, never raises, never holds more than its limits allow, and reads
+# back what a client writes however it is fragmented, compressed and cut.
+
+EVENT_TYPES = (str, bytes, Ping, Pong, Close, ProtocolError)
+
+
+def check_feed(
+    parser: Parser, data: bytes, max_events: int | None = None, max_frames: int | None = None
+) -> list:
+    events = parser.feed(data, max_events, max_frames)
+    for event in events:
+        assert type(event) in EVENT_TYPES, event
+        if type(event) in (str, bytes) and parser.max_size is not None:
+            size = len(event.encode()) if type(event) is str else len(event)
+            assert size <= parser.max_size
+    # A message in progress is held in about its size, within the limit.
+    if parser.max_size is not None:
+        held = sum(len(part) for part in parser._parts) + parser._small_size
+        assert held <= parser.max_size
+    if not parser.stopped:
+        assert parser.backlog < 14  # an incomplete header, at most
+    return events
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    data=st.binary(max_size=4096),
+    cuts=st.lists(st.integers(min_value=0, max_value=4096), max_size=8),
+    compressed=st.booleans(),
+    max_size=st.sampled_from([None, 0, 1, 100, 1000]),
+)
+def test_fuzz_arbitrary_bytes(data, cuts, compressed, max_size):
+    parser = Parser(max_size, Deflate() if compressed else None)
+    events = []
+    position = 0
+    for cut in sorted(cuts) + [len(data)]:
+        events += check_feed(parser, data[position:cut])
+        position = max(position, cut)
+    closes = [index for index, event in enumerate(events) if type(event) is Close]
+    # Nothing comes after the client's close frame.
+    assert closes in ([], [len(events) - 1])
+
+
+@st.composite
+def client_stream(draw):
+    """Messages, and the bytes a client sends for them: fragmented, compressed or not, masked."""
+    compressed = draw(st.booleans())
+    compressor = zlib.compressobj(wbits=-15) if compressed else None
+    messages = draw(
+        st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300)), max_size=6)
+    )
+    stream = b""
+    for message in messages:
+        opcode = OP_TEXT if isinstance(message, str) else OP_BINARY
+        payload = message.encode() if isinstance(message, str) else message
+        rsv1 = compressed and draw(st.booleans())
+        if rsv1:
+            payload = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            payload = payload[:-4]
+        cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=4)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+        for index, piece in enumerate(pieces):
+            if draw(st.booleans()):
+                stream += frame(OP_PING, b"ping")  # control frames between fragments
+            stream += frame(
+                opcode if index == 0 else OP_CONTINUATION,
+                piece,
+                fin=index == len(pieces) - 1,
+                rsv1=rsv1 and index == 0,
+                mask=draw(st.binary(min_size=4, max_size=4)),
+            )
+    return compressed, messages, stream
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    stream=client_stream(),
+    chunk=st.integers(min_value=1, max_value=400),
+    room=st.one_of(st.none(), st.integers(min_value=1, max_value=3)),
+    frames=st.one_of(st.none(), st.integers(min_value=1, max_value=5)),
+)
+def test_fuzz_round_trip(stream, chunk, room, frames):
+    compressed, messages, data = stream
+    parser = Parser(1000, Deflate() if compressed else None)
+    events = []
+    for position in range(0, len(data), chunk):
+        events += check_feed(parser, data[position : position + chunk], room, frames)
+        while parser.stopped:
+            events += check_feed(parser, b"", room, frames)
+    assert parser.backlog == 0
+    assert [event for event in events if type(event) is not Ping] == messages
 
 
 # Encoding server frames.

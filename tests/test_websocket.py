@@ -7,10 +7,12 @@ and decorator tests.
 """
 
 import os
+import random
 import shutil
 import subprocess
 import socket
 import time
+import zlib
 from collections import namedtuple
 
 import gevent
@@ -21,10 +23,19 @@ from django.utils.safestring import mark_safe
 
 from django_websocket import ConnectionClosed, InvalidState, WebSocket
 from django_websocket.handshake import Handshake, accept_key
-from django_websocket.protocol import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Close
+from django_websocket.protocol import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+)
 from django_websocket.websocket import close_all
 
-from .test_protocol import close_frame, frame
+from .test_compression import compressed_frame
+from .test_protocol import close_frame, frame, traced
 
 #: The time unit of the tests; set WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
 MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
@@ -32,6 +43,8 @@ MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
 TIMEOUT = 2000 * MS
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+MiB = 1024 * 1024
 
 Frame = namedtuple("Frame", "fin rsv opcode payload")
 
@@ -826,6 +839,137 @@ def test_send_timeout_does_not_apply_to_reads(pairs):
     assert websocket.wait(timeout=TIMEOUT) == "still here"
 
 
+
+def test_send_timeout_counts_from_the_last_progress(pairs):
+    # A client that reads a large message slowly but steadily: 4 MiB at
+    # about 2 MiB/s takes 2 s, ten times the send timeout.
+    websocket, client = pairs.open(send_timeout=200 * MS)
+    websocket.accept()
+    client.handshake()
+    message = os.urandom(4 * 1024 * 1024)
+    sender = gevent.spawn(websocket.send, message)
+    try:
+        received = b""
+        expected = len(message) + 10  # with the frame header
+        with deadline("the whole message", 20 * TIMEOUT):
+            while len(received) < expected:
+                received += client.sock.recv(min(32768, expected - len(received)))
+                gevent.sleep(15 * MS)
+        sender.get(timeout=TIMEOUT)
+    finally:
+        sender.kill()
+    assert received[10:] == message
+    assert websocket.state == "OPEN"
+
+
+# Bounds under hostile input.
+
+
+def compressing(pairs, **options) -> tuple[WebSocket, Client]:
+    """A websocket with permessage-deflate, past the handshake."""
+    handshake = Handshake(key=KEY, extensions="permessage-deflate")
+    websocket, client = pairs.open(handshake, **options)
+    websocket.accept()
+    assert client.handshake()["sec-websocket-extensions"] == "permessage-deflate"
+    return websocket, client
+
+
+def test_inbox_bounds_memory_whatever_the_compression_ratio(pairs):
+    # 1 MiB messages of zeros compress to about 1 KiB: a few reads carry
+    # dozens of them. The server inflates only what the inbox has room for.
+    websocket, client = compressing(pairs, max_queue=4)
+    compressor = zlib.compressobj(wbits=-15)
+    data = b"".join(compressed_frame(OP_BINARY, bytes(MiB), compressor) for _ in range(60))
+    assert len(data) < 128 * 1024
+
+    def receive():
+        client.send(data)
+        wait_for(lambda: websocket._paused, "reading to pause")
+        gevent.idle()
+
+    _, held, _ = traced(receive)
+    assert websocket.count_messages() == 4
+    assert held < 6 * MiB  # 4 messages of 1 MiB, and change
+    # Every message arrives all the same, as the view reads.
+    for _ in range(60):
+        assert websocket.wait(timeout=TIMEOUT) == bytes(MiB)
+    assert client.sync() == []
+
+
+def test_a_flood_of_tiny_frames_is_parsed_in_turns_to_its_end(connected):
+    # 20,000 1-byte fragments take several turns of the event loop: the
+    # last turn still finds the message's end and the close frame behind it.
+    websocket, client = connected
+    data = frame(OP_BINARY, b"x", fin=False)
+    data += frame(OP_CONTINUATION, b"y", fin=False) * 19998 + frame(OP_CONTINUATION, b"z")
+    writer = gevent.spawn(client.send, data + close_frame(1000))
+    try:
+        assert websocket.wait(timeout=TIMEOUT) == b"x" + b"y" * 19998 + b"z"
+        assert websocket.wait(timeout=TIMEOUT) is None
+        writer.get(timeout=TIMEOUT)
+    finally:
+        writer.kill()
+    assert client.read_close() == (1000, "")
+
+
+def test_compressed_sends_from_several_greenlets_arrive_intact(pairs):
+    # Each compressed frame depends on the ones compressed before it: they
+    # must go out in that order, whichever greenlet gets the lock first.
+    websocket, client = compressing(pairs)
+    rng = random.Random(0)
+    words = [rng.randbytes(rng.randint(2, 8)).hex() for _ in range(2000)]
+
+    def message(sender: int, number: int) -> str:
+        words_rng = random.Random(sender * 1000 + number)
+        return f"{sender} {number} " + " ".join(words_rng.choices(words, k=10000))
+
+    def send_all(sender: int) -> None:
+        for number in range(50):
+            websocket.send(message(sender, number))
+
+    senders = [gevent.spawn(send_all, sender) for sender in range(3)]
+    decompressor = zlib.decompressobj(-15)
+    received = []
+    try:
+        for _ in range(150):
+            got = client.read_frame()
+            assert got.fin and got.opcode == OP_TEXT
+            payload = got.payload
+            if got.rsv:
+                payload = decompressor.decompress(payload + b"\x00\x00\xff\xff")
+            received.append(payload.decode())
+            gevent.sleep(0)  # let the senders contend for the lock
+        gevent.joinall(senders, timeout=TIMEOUT, raise_error=True)
+    finally:
+        gevent.killall(senders)
+    for text in received:
+        sender, number, _ = text.split(" ", 2)
+        assert text == message(int(sender), int(number))
+    assert len(set(received)) == 150
+
+
+def test_a_pong_behind_a_full_inbox_does_not_fail_the_keepalive(pairs):
+    # The view does not read for a while: the inbox is full, the server
+    # stops reading, and the client's pong waits behind its messages. The
+    # client is alive; the server is the one not reading.
+    websocket, client = pairs.open(max_queue=1, ping_interval=50 * MS, ping_timeout=50 * MS)
+    websocket.accept()
+    client.handshake()
+    assert client.read_frame().opcode == OP_PING  # the client was silent
+    client.send(frame(OP_TEXT, "first") + frame(OP_TEXT, "second") + frame(OP_PONG, b""))
+    wait_for(lambda: websocket._paused, "reading to pause")
+    gevent.sleep(400 * MS)  # eight ping timeouts
+    assert websocket.state == "OPEN"
+    assert [websocket.wait(timeout=TIMEOUT) for _ in range(2)] == ["first", "second"]
+    # And a client that really goes silent is still found out.
+    with deadline("the keepalive to give up", 20 * TIMEOUT):
+        while True:
+            received = client.read_frame()
+            if received.opcode == OP_CLOSE:
+                break
+    assert websocket.close_code is None or websocket.closed
+
+
 # TLS: gevent's SSL sockets, where a write that would block must not wait in the hub.
 
 
@@ -911,7 +1055,7 @@ def test_close_frame_is_written_when_the_clients_arrives_as_the_lock_is_released
         websocket.send(big)
         assert not websocket._write_lock.locked()
         # What the hub does when the close frame arrives at that moment.
-        websocket._dispatch([Close(1000, "")], 0)
+        websocket._dispatch([Close(1000, "")])
 
     sender = gevent.spawn(view)
     wait_for(websocket._write_lock.locked, "the view blocked in send()")
