@@ -151,7 +151,8 @@ def origin_allowed(origin: str, host: str, allowed: list[str] | tuple[str, ...])
     ``Host``), or when it matches an entry of ``allowed``: a full origin such
     as ``"https://example.com"``, a subdomain pattern such as
     ``"https://*.example.com"`` (as in ``CSRF_TRUSTED_ORIGINS``), or ``"*"``
-    for any origin.
+    for any origin. An origin that does not parse as a URL, such as
+    ``"http://["``, matches no host and no pattern.
 
     """
     origin = origin.strip().lower()
@@ -159,7 +160,10 @@ def origin_allowed(origin: str, host: str, allowed: list[str] | tuple[str, ...])
         return True
     if origin == "null":  # sandboxed frames, file:// pages
         return False
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # such as "http://[": no browser sends it
+        return False
     if parts.netloc == host.lower():
         return True
     for entry in allowed:

@@ -20,20 +20,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import select
 import socket
 import sys
 import time
 
 import gevent
+import gevent.monkey
+from django.core.exceptions import BadRequest
 from gevent import pywsgi
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker as BaseWorker
 from geventwebsocket.handler import WebSocketHandler as BaseHandler
 from gunicorn.glogging import Logger
-from gunicorn.workers.ggevent import PyWSGIHandler
+from gunicorn.workers.ggevent import PyWSGIHandler, PyWSGIServer
 
 from . import handshake, httpparser
 from .conf import DEFAULTS, settings
 from .exceptions import InvalidHandshake
+from .states import _open_websockets
 from .websocket import CONNECTING, WebSocket, close_all
 
 __all__ = ["WebSocketHandler", "GeventWebSocketWorker", "adopt"]
@@ -43,6 +47,24 @@ logger = logging.getLogger(__name__)
 
 class _HeaderTimeout(TimeoutError):
     """The client took too long to send its request headers."""
+
+
+class _BodyTimeout(BadRequest):
+    """
+    The client sent nothing of its request body for too long.
+
+    Django answers it with ``400 Bad Request``. An :exc:`OSError` would
+    become :exc:`~django.http.UnreadablePostError`: a ``500`` and an error
+    logged with a traceback, for the client's fault.
+
+    """
+
+    def __init__(self) -> None:
+        super().__init__("request body not received in time")
+
+
+class _TLSTimeout(TimeoutError):
+    """The client took too long to complete its TLS handshake."""
 
 
 class WebSocketHandler(BaseHandler):
@@ -56,18 +78,67 @@ class WebSocketHandler(BaseHandler):
 
     def run_application(self) -> None:
         try:
+            self._run_application()
+        finally:
+            # Before pywsgi discards the rest of the body, with no timeout.
+            self._finish_body()
+
+    def _run_application(self) -> None:
+        if _stopping:
+            self.close_connection = True  # the worker serves no further request
+        try:
             request = handshake.parse(self.environ)
         except InvalidHandshake as exc:
-            self._refuse(exc)
+            self._refuse(exc.status, exc.reason, exc.headers)
             return
         if request is None:
             # Not an upgrade: skip gevent-websocket's own upgrade logic.
             pywsgi.WSGIHandler.run_application(self)
             return
+        if _stopping:
+            # Its head arrived after close_all(): a websocket accepted now
+            # would only be closed at once.
+            self._refuse("503 Service Unavailable", "The server is shutting down.")
+            return
         self._run_websocket(request)
+
+    def _finish_body(self) -> None:
+        """
+        Read and drop what the application left of the request body, or give up on it.
+
+        On a connection kept alive for another request, the rest of the body
+        is dropped if it arrives within the handshake timeout, in all.
+        Otherwise the connection closes, with the body unread.
+
+        """
+        body = self.wsgi_input
+        if body is None or body.complete:
+            return
+        # Until 100 Continue is sent, body.socket is set: the client may be
+        # waiting for it, with no body sent.
+        if not self.close_connection and body.socket is None and not body.failed:
+            try:
+                with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _BodyTimeout()):
+                    while body.read(65536):
+                        pass
+                return
+            except (BadRequest, OSError, ValueError) as exc:
+                logger.debug("Rest of the request body dropped: %s", exc)
+        self.close_connection = True
+        body.abandoned = True
 
     def handle_one_request(self):
         result = super().handle_one_request()
+        if result is None and self.wsgi_input is not None and self.wsgi_input.abandoned:
+            # The response is out, the request body unread: closing now
+            # would reset the connection, and the client might lose the
+            # response. Say it is over, and drop what still comes.
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                return None
+            _drain(self.socket, min(2.0, settings.HANDSHAKE_TIMEOUT))
+            return None
         if type(result) is not tuple:
             return result
         # A request refused before the application ran (400, 414): pywsgi
@@ -85,7 +156,7 @@ class WebSocketHandler(BaseHandler):
             return None
         self.time_finish = time.time()
         self.log_request()
-        _drain(self.socket)
+        _drain(self.socket, 2.0)
         return None
 
     def read_requestline(self):
@@ -97,6 +168,7 @@ class WebSocketHandler(BaseHandler):
         # What the access log reports is this request's, not the previous
         # one's on a keep-alive connection, even if it is refused (400, 414).
         self.environ = self.command = self.path = self.request_version = None
+        self.wsgi_input = None
         self._orig_status = None
         self.headers = _EnvironHeaders({})
         self.response_headers = []
@@ -161,25 +233,31 @@ class WebSocketHandler(BaseHandler):
         environ.update(headers)
         # From now on, the access log reads the headers from the environ.
         self.headers.environ = environ
-        expect = self.socket if headers.get("HTTP_EXPECT") == "100-continue" else None
-        chunked = headers.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-        self.wsgi_input = pywsgi.Input(
-            self.rfile, self.content_length, socket=expect, chunked_input=chunked
+        self.wsgi_input = _RequestBody(
+            self.rfile,
+            self.content_length,
+            self.socket,
+            settings.HANDSHAKE_TIMEOUT,
+            expect_continue=headers.get("HTTP_EXPECT") == "100-continue",
+            chunked=headers.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked",
         )
         environ["wsgi.input"] = self.wsgi_input
         # The input ends with the body: a read never blocks past it.
         environ["wsgi.input_terminated"] = True
         return environ
 
-    def _refuse(self, exc: InvalidHandshake) -> None:
-        body = exc.reason.encode()
+    def _refuse(
+        self, status: str, reason: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Answer with ``status`` and ``reason`` as a text body, then close the connection."""
+        body = reason.encode()
         headers = [
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
-            *exc.headers,
+            *(headers or ()),
         ]
         self.close_connection = True
-        self.start_response(exc.status, headers)
+        self.start_response(status, headers)
         self.write(body)
 
     def _run_websocket(self, request: handshake.Handshake) -> None:
@@ -209,6 +287,9 @@ class WebSocketHandler(BaseHandler):
     def start_response(self, status, headers, exc_info=None):
         websocket = self.environ.get(handshake.ENVIRON_KEY)
         if websocket is None or websocket.state is CONNECTING:
+            if self.wsgi_input is not None and self.wsgi_input.failed:
+                # Where the request body ends is unknown: no request follows.
+                self.close_connection = True
             if self.close_connection and self.request_version == "HTTP/1.1" and not any(
                 name.lower() == "connection" for name, _ in headers
             ):
@@ -243,10 +324,10 @@ class WebSocketHandler(BaseHandler):
         pywsgi.WSGIHandler.log_request(self)
 
 
-def _drain(sock: socket.socket) -> None:
-    """Read and drop what the client sends, up to 1 MiB and 2 seconds, or until it closes."""
+def _drain(sock: socket.socket, timeout: float) -> None:
+    """Read and drop what the client sends, up to 1 MiB and ``timeout`` seconds, or to its end."""
     received = 0
-    with gevent.Timeout(2.0, False):
+    with gevent.Timeout(timeout, False):
         try:
             while received < 1024 * 1024:
                 data = sock.recv(65536)
@@ -271,12 +352,33 @@ def _stop_waiting_for_requests() -> None:
     """End the connections that are between requests, and serve no new request."""
     global _stopping
     _stopping = True
-    for handler in list(_waiting_for_request):
+    for handler in _idle(list(_waiting_for_request)):
         try:
             # The blocked read returns nothing: the handler ends.
             handler.socket.shutdown(socket.SHUT_RDWR)
-        except (AttributeError, OSError):
+        except OSError:
             pass  # closed already
+
+
+def _idle(handlers: list[WebSocketHandler]) -> list[WebSocketHandler]:
+    """
+    Return the handlers whose client has sent nothing since its last request.
+
+    A request whose first bytes are there, unread yet, is served: its
+    client cannot tell that it was not. The check is a poll that does not
+    wait (not gevent's, which may switch greenlets: this runs in a signal
+    handler), and poll, not select, takes any file descriptor.
+
+    """
+    poll = gevent.monkey.get_original("select", "poll")()
+    waiting = {}
+    for handler in handlers:
+        fd = handler.socket.fileno() if handler.socket is not None else -1
+        if fd >= 0:
+            waiting[fd] = handler
+            poll.register(fd, select.POLLIN)
+    arriving = {fd for fd, _ in poll.poll(0)}
+    return [handler for fd, handler in waiting.items() if fd not in arriving]
 
 
 class _EnvironHeaders:
@@ -293,6 +395,69 @@ class _EnvironHeaders:
             for key, value in self.environ.items()
             if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
         ]
+
+
+class _RequestBody(pywsgi.Input):
+    """
+    ``wsgi.input``: pywsgi's, with a timeout on each read from the socket.
+
+    A read that receives nothing for ``timeout`` seconds raises
+    :exc:`_BodyTimeout`, and so does every read after it: where the body
+    ends is unknown, and the connection closes after the response.
+
+    """
+
+    __slots__ = ("abandoned", "expired", "failed", "sock", "timeout")
+
+    def __init__(
+        self, rfile, content_length: int | None, sock, timeout: float, *,
+        expect_continue: bool, chunked: bool,
+    ) -> None:
+        # pywsgi sends 100 Continue on the first read if given the socket.
+        super().__init__(
+            rfile, content_length, socket=sock if expect_continue else None, chunked_input=chunked
+        )
+        self.sock = sock
+        self.timeout = timeout
+        self.failed = False  # a read raised: the rest of the body cannot be found
+        self.expired = False  # ... as the client sent nothing for too long
+        self.abandoned = False  # the connection closes: reads find nothing more
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body was read."""
+        if self.failed:
+            return False
+        if self.chunked_input:
+            return self.chunk_length == 0  # set once the last chunk is read
+        return self.position >= (self.content_length or 0)
+
+    def read(self, length=None) -> bytes:
+        return self._read(super().read, length)
+
+    def readline(self, size=None) -> bytes:
+        return self._read(super().readline, size)
+
+    def _read(self, read, size) -> bytes:
+        if self.abandoned:
+            return b""
+        if self.expired:
+            raise _BodyTimeout()
+        # A socket timeout applies to each receive: a body that keeps
+        # coming is read whole, however long it takes.
+        sock = self.sock
+        previous = sock.gettimeout()
+        sock.settimeout(self.timeout)
+        try:
+            return read(size)
+        except TimeoutError:
+            self.failed = self.expired = True
+            raise _BodyTimeout() from None
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            sock.settimeout(previous)
 
 
 def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebSocket:
@@ -411,6 +576,28 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):
         return environ
 
 
+class _Server(PyWSGIServer):
+    """gunicorn's server, with a timeout on the TLS handshake."""
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        # gevent's completes the TLS handshake when it wraps the socket, for
+        # as long as the client takes: a client that never starts it, or
+        # trickles it, would hold a connection of the worker.
+        options = {**self.ssl_args, "do_handshake_on_connect": False}
+        ssl_socket = self.wrap_socket(client_socket, **options)
+        try:
+            try:
+                with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _TLSTimeout):
+                    ssl_socket.do_handshake()
+            except OSError as exc:  # _TLSTimeout, ssl.SSLError, the client went away
+                # As gunicorn's own workers log TLS errors.
+                logger.debug("TLS handshake failed (from %s): %s", address, exc)
+                return None
+            return self.handle(ssl_socket, address)
+        finally:
+            ssl_socket.close()
+
+
 class GeventWebSocketWorker(BaseWorker):
     """
     A gunicorn worker for websocket views.
@@ -419,10 +606,13 @@ class GeventWebSocketWorker(BaseWorker):
     On graceful shutdown (``SIGTERM``), every open websocket is closed with
     1001 so that views can clean up before the worker exits, and HTTP
     connections idle between requests are closed at once instead of
-    holding the worker until they time out.
+    holding the worker until they time out. A websocket that a view
+    accepts later is closed with 1001 at once; an upgrade whose head
+    arrives later gets ``503``.
 
     """
 
+    server_class = _Server
     wsgi_handler = GunicornWebSocketHandler
 
     def init_process(self) -> None:
@@ -452,8 +642,10 @@ class GeventWebSocketWorker(BaseWorker):
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
         # gunicorn waits for every connection to end: end the idle ones now,
-        # and close the websockets so that their views return.
+        # and close the websockets so that their views return, including
+        # those that views accept from now on.
         _stop_waiting_for_requests()
+        _open_websockets.closing = (1001, "server shutting down")
         gevent.spawn(close_all, 1001, "server shutting down")
 
 

@@ -1,8 +1,14 @@
 """Fixtures for the integration tests: real servers, stopped when done, logs shown on failure."""
 
+import hypothesis
 import pytest
 
 from . import servers
+
+# Property-based tests: no deadline on a loaded machine, and no example
+# database (a failure prints how to reproduce it).
+hypothesis.settings.register_profile("django_websocket", database=None, deadline=None)
+hypothesis.settings.load_profile("django_websocket")
 
 
 @pytest.fixture(scope="session")

@@ -284,3 +284,17 @@ def test_select_protocol(offered, supported, expected):
 def test_origin_allowed(origin, host, allowed, expected):
     assert origin_allowed(origin, host, allowed) is expected
     assert origin_allowed(origin, host, tuple(allowed)) is expected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://[", "http://[evil]", "http://[::1", "https://a]b", "http://[]", "http://[1.2.3.4]"],
+)
+@pytest.mark.parametrize("allowed", [[], ["https://*.example.com"], ["https://other.com"]])
+def test_malformed_origin_is_not_allowed(origin, allowed):
+    # urlsplit() raises ValueError for these: no browser sends them.
+    assert origin_allowed(origin, "example.com", allowed) is False
+
+
+def test_malformed_origin_is_allowed_by_a_wildcard():
+    assert origin_allowed("http://[", "example.com", ["*"]) is True

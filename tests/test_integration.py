@@ -645,16 +645,8 @@ def test_stock_worker_runs_views_with_refusals_as_close_frames(tmp_path):
 # TLS terminated by gunicorn.
 
 
-def test_tls_with_gunicorn_certfile(tmp_path):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30 * TIMEOUT,
-    )
+def test_tls_with_gunicorn_certfile(tmp_path, certificate):
+    cert, key = certificate
     server = start_gunicorn(
         tmp_path / "server.log", "--certfile", str(cert), "--keyfile", str(key), tls=True
     )
@@ -972,3 +964,271 @@ def test_statsd_metrics_without_access_log(tmp_path):
         finally:
             server.stop()
     assert b"gunicorn.requests:1|c" in received, received
+
+
+# Slow and silent clients: servers with a short handshake timeout.
+
+#: WEBSOCKET_HANDSHAKE_TIMEOUT of the servers that start_impatient() starts.
+HANDSHAKE_TIMEOUT = TIMEOUT / 10
+
+
+def start_impatient(log_path, *args, tls=False):
+    """Start gunicorn with WEBSOCKET_HANDSHAKE_TIMEOUT set to HANDSHAKE_TIMEOUT."""
+    env = server_env(
+        DJANGO_SETTINGS_MODULE="tests.settings_timeout",
+        WEBSOCKET_TEST_HANDSHAKE_TIMEOUT=str(HANDSHAKE_TIMEOUT),
+    )
+    return start_gunicorn(log_path, *args, env=env, tls=tls)
+
+
+def read_until_closed(sock, timeout=TIMEOUT):
+    """Read until the server closes ``sock``; return what it sent, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    return None
+
+
+# A CSRF secret in the cookie, the same in the header: unsafe methods pass.
+CSRF_LINES = [b"Cookie: csrftoken=" + b"k" * 32, b"X-CSRFToken: " + b"k" * 32]
+
+
+def test_silent_request_bodies_do_not_hold_the_worker(tmp_path):
+    # As many connections as the worker takes announce a body and stop
+    # sending: each ends within the handshake timeout, and the worker
+    # serves again.
+    server = start_impatient(tmp_path / "server.log", "--worker-connections", "3")
+    heads = {
+        # A view that does not read the body: the server would discard it.
+        "unread": request_head(server, "POST /plain/ HTTP/1.1", *CSRF_LINES,
+                               b"Content-Length: 100"),
+        # An upgrade with a body: refused with 400, and the connection closes.
+        "upgrade": upgrade_request("/echo/", server.host, Content_Length="100"),
+        # A view that reads the body: the client stops after 10 bytes.
+        "read": request_head(server, "POST /body-length/ HTTP/1.1", *CSRF_LINES,
+                             b"Content-Length: 100") + b"0123456789",
+    }
+    sockets = []
+    try:
+        for head in heads.values():
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT))
+            sockets[-1].sendall(head)
+        received = {name: read_until_closed(sock) for name, sock in zip(heads, sockets)}
+        assert received["unread"] is not None, "the connection is still open"
+        assert received["unread"].startswith(b"HTTP/1.1 200 "), received
+        assert received["upgrade"] is not None, "the connection is still open"
+        assert received["upgrade"].startswith(b"HTTP/1.1 400 "), received
+        assert received["read"] is not None, "the connection is still open"
+        assert received["read"].startswith(b"HTTP/1.1 400 "), received
+        assert http_get(server, "/plain/").body == b"plain view"
+        # Django logs a warning for the 400, not an error for a 500.
+        log = server.log()
+        assert "request body not received in time: /body-length/" in log, log
+        assert "Internal Server Error" not in log, log
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+
+
+def test_response_that_closes_the_connection_does_not_wait_for_the_body(tmp_path):
+    # The client announces a body that it does not send, and asks to close.
+    server = start_gunicorn(tmp_path / "server.log")
+    head = request_head(server, "POST /plain/ HTTP/1.1", *CSRF_LINES, b"Content-Length: 100",
+                        b"Connection: close")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(head)
+            start = time.monotonic()
+            received = read_until_closed(sock)
+            elapsed = time.monotonic() - start
+        assert received is not None, "the connection is still open"
+        assert received.startswith(b"HTTP/1.1 200 "), received
+        # Long before the handshake timeout (10 s).
+        assert elapsed < TIMEOUT / 5, f"closed after {elapsed:.1f} s"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and its key, as files."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30 * TIMEOUT,
+    )
+    return cert, key
+
+
+def client_hello():
+    """The first bytes a TLS client sends: its ClientHello."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def trickle(sock, data, interval, timeout=TIMEOUT):
+    """Send ``data`` a byte every ``interval`` s until the server closes; return when, or None."""
+    start = time.monotonic()
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+            sock.settimeout(interval)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            pass
+        except OSError:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            break
+    return None
+
+
+def test_silent_and_slow_tls_clients_do_not_hold_the_worker(tmp_path, certificate):
+    cert, key = certificate
+    server = start_impatient(
+        tmp_path / "server.log", "--certfile", str(cert), "--keyfile", str(key),
+        "--worker-connections", "2", tls=True,
+    )
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as silent,
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as slow,
+        ):
+            # One never starts its TLS handshake; the other sends its
+            # ClientHello a byte at a time, in more than TIMEOUT.
+            hello = client_hello()
+            closed_after = trickle(slow, hello, interval=2 * TIMEOUT / len(hello))
+            assert closed_after is not None, "the server kept the trickling client"
+            assert closed_after < HANDSHAKE_TIMEOUT + TIMEOUT / 2, closed_after
+            assert read_until_closed(silent) is not None, "the server kept the silent client"
+        assert http_get(server, "/plain/").body == b"plain view"
+        assert "Traceback" not in server.log(), server.log()
+    finally:
+        server.stop()
+
+
+# Graceful shutdown of handshakes in progress.
+
+
+def read_close_frame(sock, received=b""):
+    """Read an unmasked close frame from ``sock``, after ``received``; return its code."""
+    while (len(received) < 2 or len(received) < 2 + received[1]) and (chunk := sock.recv(4096)):
+        received += chunk
+    assert len(received) >= 2, f"no frame, the connection closed: {received!r}"
+    assert received[0] == 0x88 and received[1] < 126, received
+    assert len(received) == 2 + received[1], received
+    return int.from_bytes(received[2:4], "big")
+
+
+def read_head(sock):
+    """Read a response head from ``sock``; return it and what followed it."""
+    received = b""
+    while b"\r\n\r\n" not in received and (chunk := sock.recv(4096)):
+        received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_sigterm_refuses_handshakes_still_arriving(tmp_path):
+    graceful_timeout = int(6 * TIMEOUT)
+    server = start_gunicorn(tmp_path / "server.log", "--graceful-timeout", str(graceful_timeout))
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    half = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    try:
+        # An idle keep-alive connection, which the worker closes at once
+        # when it gets the signal.
+        idle.request("GET", "/plain/")
+        assert idle.getresponse().read() == b"plain view"
+        # A handshake whose headers are half sent.
+        head = upgrade_request("/echo/", server.host)
+        half.sendall(head[: len(head) // 2])
+
+        stop = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert idle.sock.recv(1) == b"", "the worker did not close an idle connection"
+        half.sendall(head[len(head) // 2:])
+        response = read_until_closed(half)
+        assert response is not None, "the connection is still open"
+        assert response.startswith(b"HTTP/1.1 503 "), response
+
+        try:
+            server.process.wait(graceful_timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gunicorn did not exit within its graceful timeout")
+        elapsed = time.monotonic() - stop
+        assert elapsed < graceful_timeout / 3, f"gunicorn took {elapsed:.1f} s to exit"
+        assert server.process.returncode == 0
+    finally:
+        idle.close()
+        half.close()
+        server.stop()
+
+
+def test_sigterm_closes_websockets_accepted_late(tmp_path):
+    graceful_timeout = int(6 * TIMEOUT)
+    server = start_gunicorn(tmp_path / "server.log", "--graceful-timeout", str(graceful_timeout))
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    late = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    try:
+        idle.request("GET", "/plain/")
+        assert idle.getresponse().read() == b"plain view"
+        # A view that accepts its websocket a while after it starts.
+        start = server.log_bytes()
+        path = f"/accept-later/?name=late&seconds={TIMEOUT / 5}"
+        late.sendall(upgrade_request(path, server.host))
+        assert server.wait_for_log("accept-later late: running", start)
+
+        stop = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert idle.sock.recv(1) == b"", "the worker did not close an idle connection"
+        response, frames = read_head(late)
+        assert response.startswith(b"HTTP/1.1 101 "), response
+        assert read_close_frame(late, frames) == 1001
+        late.sendall(masked_frame(0x8, (1001).to_bytes(2, "big")))
+
+        try:
+            server.process.wait(graceful_timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gunicorn did not exit within its graceful timeout")
+        elapsed = time.monotonic() - stop
+        assert elapsed < graceful_timeout / 3, f"gunicorn took {elapsed:.1f} s to exit"
+        assert server.process.returncode == 0
+        assert "Worker graceful timeout" not in server.log()
+    finally:
+        idle.close()
+        late.close()
+        server.stop()
+
+
+# Malformed Origin headers.
+
+
+@pytest.mark.parametrize("origin", ["http://[", "http://[evil]"])
+def test_malformed_origin_refused(server, origin):
+    start = server.log_bytes()
+    response = raw_request(server, upgrade_request("/echo/", server.host, Origin=origin))
+    assert response.status == 403, response
+    log = server.log(start)
+    assert "Traceback" not in log and "Internal Server Error" not in log, log

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -260,3 +261,199 @@ def test_connection_closed_after_the_response_says_so(serve):
     assert closed
     assert b"\r\nConnection: close" in head, head
     assert body == b"/a body=b'hello'"
+
+
+# Request bodies that do not come: reads and discards time out.
+
+
+def ok(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+def read_body(environ, start_response):
+    """Answer the body's length, or 400 with the name of the exception reading it raised."""
+    from django.core.exceptions import BadRequest
+
+    try:
+        body = environ["wsgi.input"].read()
+    except BadRequest as exc:
+        status, body = "400 Bad Request", f"BadRequest: {exc}".encode()
+    else:
+        status, body = "200 OK", b"%d bytes" % len(body)
+    start_response(status, [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def timed_exchange(port, data):
+    """Like exchange(), waiting TIMEOUT for a close; also return how long it took."""
+    start = time.monotonic()
+    received, closed = exchange(port, data, quiet=TIMEOUT)
+    return received, closed, time.monotonic() - start
+
+
+POST_100 = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+
+
+def test_unread_body_is_discarded_within_the_handshake_timeout(serve, settings):
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 100 * MS
+    received, closed, elapsed = timed_exchange(serve(ok), POST_100 + b"0123456789")
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert closed, "the connection is still open"
+    assert elapsed < TIMEOUT / 2
+
+
+def test_unread_body_is_discarded_on_a_kept_alive_connection(serve):
+    second = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    received, closed = exchange(serve(ok), POST_100 + b"x" * 100 + second)
+    assert received.count(b"HTTP/1.1 200 ") == 2, received
+    assert not closed
+
+
+def test_body_read_that_stalls_raises_bad_request(serve, settings):
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 100 * MS
+    received, closed, elapsed = timed_exchange(serve(read_body), POST_100 + b"0123456789")
+    assert received.startswith(b"HTTP/1.1 400 "), received
+    assert received.endswith(b"BadRequest: request body not received in time"), received
+    assert b"\r\nConnection: close\r\n" in received, received
+    assert closed, "the connection is still open"
+    assert elapsed < TIMEOUT / 2
+
+
+def test_body_read_that_stalls_in_chunks_raises_bad_request(serve, settings):
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 100 * MS
+    request = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    received, closed, elapsed = timed_exchange(serve(read_body), request)
+    assert received.startswith(b"HTTP/1.1 400 "), received
+    assert closed, "the connection is still open"
+    assert elapsed < TIMEOUT / 2
+
+
+def test_slow_body_is_read_while_it_progresses(serve, settings):
+    # The timeout is on each read: a body that keeps coming is read whole,
+    # even if it takes longer than the timeout in all.
+    import gevent.socket
+
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 100 * MS
+    port = serve(read_body)
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(5):
+            gevent.sleep(40 * MS)
+            sock.sendall(b"xx")
+        received = sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert received.endswith(b"10 bytes")
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nContent-Length: 100\r\n\r\n",
+        HANDSHAKE.replace(b"\r\n\r\n", b"\r\nContent-Length: 100\r\n\r\n"),
+    ],
+    ids=["Connection: close", "HTTP/1.0", "upgrade with a body"],
+)
+def test_response_that_closes_does_not_wait_for_the_body(serve, settings, request_head):
+    # Long enough that only not waiting at all passes.
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 2 * TIMEOUT
+    received, closed, elapsed = timed_exchange(serve(ok), request_head)
+    assert received.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 400 ")), received
+    assert closed, "the connection is still open"
+    assert elapsed < TIMEOUT / 5
+
+
+# A graceful stop, in this process.
+
+
+def test_upgrade_whose_head_ends_after_stop_began_is_refused_with_503(serve, monkeypatch):
+    import gevent.socket
+
+    from django_websocket import worker
+
+    port = serve(ok)
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(HANDSHAKE[:40])  # the request line and part of the headers
+        gevent.sleep(20 * MS)  # the handler waits for the rest
+        monkeypatch.setattr(worker, "_stopping", True)
+        sock.sendall(HANDSHAKE[40:])
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 503 "), received
+    assert b"\r\nConnection: close\r\n" in received, received
+
+
+def test_websocket_accepted_after_stop_began_is_closed_with_1001(serve, monkeypatch, settings):
+    from django_websocket import states
+    from django_websocket.handshake import ENVIRON_KEY
+
+    settings.WEBSOCKET_CLOSE_TIMEOUT = 50 * MS  # this client answers no close frame
+    monkeypatch.setattr(states._open_websockets, "closing", (1001, "server shutting down"))
+
+    def app(environ, start_response):
+        websocket = environ[ENVIRON_KEY]
+        websocket.accept()
+        websocket.wait()
+        start_response("200 OK", [])
+        return []
+
+    received, closed = exchange(serve(app), HANDSHAKE, quiet=TIMEOUT)
+    response, _, frames = received.partition(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101 "), received
+    assert frames == b"\x88\x16\x03\xe9server shutting down", frames
+    assert closed
+
+
+def test_stop_ends_idle_connections_and_serves_requests_arriving(serve, monkeypatch):
+    import gevent.socket
+
+    from django_websocket import worker
+
+    monkeypatch.setattr(worker, "_stopping", False)  # restored after the test
+    port = serve(ok)
+    with (
+        gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as idle,
+        gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as arriving,
+    ):
+        with gevent.Timeout(TIMEOUT):
+            while len(worker._waiting_for_request) < 2:
+                gevent.sleep(MS)
+        arriving.sendall(HANDSHAKE)
+        worker._stop_waiting_for_requests()  # before the handler reads the request
+        assert idle.recv(1) == b""
+        received = b""
+        while chunk := arriving.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 503 "), received
+
+
+def test_expect_continue_is_answered_when_the_body_is_read(serve):
+    import gevent.socket
+
+    port = serve(read_body)
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert received.endswith(b"5 bytes")
+
+
+def test_expect_continue_unread_body_closes_without_waiting_for_it(serve, settings):
+    # The client waits for 100 Continue before it sends the body: the server
+    # answers without reading it, and closes the connection.
+    settings.WEBSOCKET_HANDSHAKE_TIMEOUT = 2 * TIMEOUT
+    request = b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    received, closed, elapsed = timed_exchange(serve(ok), request)
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert b"100 Continue" not in received
+    assert closed, "the connection is still open"
+    assert elapsed < TIMEOUT / 5

@@ -25,4 +25,6 @@ urlpatterns = [
     path("count-users/", views.count_users),
     path("server-close/", views.server_close),
     path("frozen-objects/", views.frozen_objects),
+    path("body-length/", views.body_length),
+    path("accept-later/", views.accept_later),
 ]

@@ -230,3 +230,18 @@ def server_close(request):
 
 def frozen_objects(request):
     return HttpResponse(str(gc.get_freeze_count()))
+
+
+def body_length(request):
+    """Read the request body; answer how many bytes it had."""
+    return HttpResponse(str(len(request.body)))
+
+
+@require_websocket
+def accept_later(request):
+    """Say in the log that the view runs, wait ``seconds``, then accept and echo."""
+    print(f"accept-later {request.GET['name']}: running", flush=True)
+    time.sleep(float(request.GET["seconds"]))
+    request.websocket.accept()
+    for message in request.websocket:
+        request.websocket.send(message)
