@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 import redis
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_websocket import BroadcastError, broadcast, publish, send_to_user
@@ -29,7 +30,15 @@ from django_websocket.broadcast.redis import RedisBackend
 
 from . import servers
 from .servers import TIMEOUT
-from .test_broadcast import command, expect, group_name, http_publish, listen, login, publish_from
+from .test_broadcast import (
+    command,
+    expect,
+    group_name,
+    http_publish,
+    listen,
+    login,
+    publish_from,
+)
 
 pytestmark = pytest.mark.skipif(
     servers.redis_server_binary() is None,
@@ -389,7 +398,7 @@ def test_publish_when_redis_is_down():
 
 
 def test_client_that_never_reads_delays_no_one(redis_server, machines, clients):
-    a, b = machines
+    _, b = machines
     group = group_name()
     fast = clients[2]  # on b, as the slow client
     command(fast, f"subscribe {group}")
@@ -464,6 +473,55 @@ def test_wire_format_and_prefix(redis_server):
     finally:
         pubsub.close()
         client.close()
+
+
+def test_publishing_connections_are_capped_for_threads_too(redis_server):
+    # publish() from many threads of a process that gevent did not patch, as
+    # a management command or a Celery worker may: they share 2 connections.
+    client = redis.Redis(port=redis_server.port)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(PREFIX + "threads")
+    errors = []
+    before = len(client.client_list(_type="normal"))
+
+    def publish_ten(number):
+        try:
+            for count in range(10):
+                publish("threads", f"{number}.{count}")
+        except BroadcastError as exc:
+            errors.append(exc)
+
+    try:
+        with publishing_to(redis_url(redis_server), MAX_CONNECTIONS=2):
+            threads = [threading.Thread(target=publish_ten, args=(n,)) for n in range(20)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert len(client.client_list(_type="normal")) - before <= 2
+        received = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(received) < 200 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=TIMEOUT / 10)
+            if message:
+                received.append(message["data"])
+        assert sorted(received) == sorted(
+            f"\x01{number}.{count}".encode() for number in range(20) for count in range(10)
+        )
+    finally:
+        pubsub.close()
+        client.close()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "64", None])
+def test_max_connections_is_a_positive_integer(value):
+    with pytest.raises(ImproperlyConfigured) as exc_info:
+        RedisBackend("redis://localhost:6379/0", {"MAX_CONNECTIONS": value})
+    assert (
+        "WEBSOCKET_BROADCAST['OPTIONS']['MAX_CONNECTIONS'] must be a positive number of "
+        f"connections; got {value!r}."
+    ) == str(exc_info.value)
 
 
 def test_backend_connects_to_nothing_when_created():

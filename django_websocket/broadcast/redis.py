@@ -18,11 +18,12 @@ and hands each message to the process's websockets through their send
 queues: it never writes to a websocket, so a slow client cannot delay the
 others, nor make Redis drop the subscriber for reading too slowly. When the
 connection fails, the listener reconnects with exponential backoff and
-subscribes again to every group its process needs. Publishing goes through
-separate connections with short timeouts, so that :func:`publish` fails fast
-while Redis is unreachable. A message published in a process reaches that
-process's websockets at once, without waiting for Redis to send it back; the
-listener skips it when it comes.
+subscribes again to every group its process needs; if the listener itself
+fails, it is logged and started again. Publishing goes through a small pool
+of separate connections with short timeouts, so that :func:`publish` fails
+fast while Redis is unreachable. A message published in a process reaches
+that process's websockets at once, without waiting for Redis to send it
+back; the listener skips it when it comes.
 
 Valkey, and other servers that speak the Redis protocol, work as Redis does.
 
@@ -33,7 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -46,9 +50,10 @@ from redis.retry import Retry
 
 from ..exceptions import BroadcastError
 from ..protocol import OP_BINARY, OP_TEXT
+from ._subscriptions import Subscriptions
 from .base import BaseBackend, Message, registry
 
-__all__ = ["RedisBackend", "OPTIONS"]
+__all__ = ["OPTIONS", "RedisBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ OPTIONS = {
     "HEALTH_CHECK_INTERVAL": 10.0,
     "RECONNECT_MIN_DELAY": 0.1,
     "RECONNECT_MAX_DELAY": 5.0,
+    "MAX_CONNECTIONS": 64,
     "CLIENT_KWARGS": {},
     "SENTINEL_KWARGS": {},
 }
@@ -81,8 +87,21 @@ _BATCH_BYTES = 64 * 1024
 
 CONNECTING, CONNECTED, DOWN = "CONNECTING", "CONNECTED", "DOWN"
 
-# Echoes awaited at most: more means they are lost, as when Redis stalls.
-_MAX_ECHOES = 10_000
+# The listener's wait before reconnecting doubles with each failure up to
+# RECONNECT_MAX_DELAY; past this many, 2 ** failures would only grow (and
+# overflow a float at 1,024).
+_MAX_DOUBLINGS = 30
+
+# Seconds before a listener or commander greenlet that failed is started again.
+_RESTART_DELAY = 1.0
+
+# Publishing connections kept idle at most, and seconds after which more idle
+# ones are closed.
+_MAX_IDLE = 4
+_IDLE_TIME = 30.0
+
+# Channels the listener warns about once each, at most.
+_MAX_IGNORED = 100
 
 
 def _check_options(options: dict) -> dict:
@@ -105,6 +124,12 @@ def _check_options(options: dict) -> dict:
                 f"WEBSOCKET_BROADCAST['OPTIONS']['{name}'] must be a positive number of "
                 f"seconds; got {value!r}."
             )
+    value = values["MAX_CONNECTIONS"]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST['OPTIONS']['MAX_CONNECTIONS'] must be a positive number of "
+            f"connections; got {value!r}."
+        )
     if values["RECONNECT_MAX_DELAY"] < values["RECONNECT_MIN_DELAY"]:
         raise ImproperlyConfigured(
             "WEBSOCKET_BROADCAST['OPTIONS']['RECONNECT_MAX_DELAY'] must not be below "
@@ -221,6 +246,11 @@ class RedisBackend(BaseBackend):
     * ``RECONNECT_MIN_DELAY`` (``0.1``) and ``RECONNECT_MAX_DELAY``
       (``5.0``): the listener's first and longest wait between attempts to
       reconnect, in seconds; each wait doubles, with random jitter.
+    * ``MAX_CONNECTIONS`` (``64``): publishing connections a process opens
+      at most. When they are all busy, :func:`~django_websocket.publish`
+      waits for one as long as others keep getting answers within
+      ``SOCKET_TIMEOUT``. A few stay open when idle; more are closed after
+      30 seconds.
     * ``CLIENT_KWARGS`` (``{}``): more arguments for redis-py's connections,
       such as ``{"ssl_ca_certs": "/path/to/ca.pem"}``.
     * ``SENTINEL_KWARGS`` (``{}``): arguments for connections to the
@@ -242,6 +272,7 @@ class RedisBackend(BaseBackend):
         self.reconnect_delays: tuple[float, float] = (
             options["RECONNECT_MIN_DELAY"], options["RECONNECT_MAX_DELAY"],
         )
+        self.max_connections: int = options["MAX_CONNECTIONS"]
         #: The location without its password, for logs.
         self.display = _without_password(location)
         self._publisher = None
@@ -276,21 +307,38 @@ class RedisBackend(BaseBackend):
         # back from Redis.
         subscriber = self._subscriber
         if subscriber is not None and subscriber.pid == os.getpid():
-            if subscriber.expect_echo(group, data):
+            subscriptions = subscriber.subscriptions
+            echoes = subscriptions.expect_echo(group, data)
+            if echoes is not None:
                 registry.deliver_message(group, message)
+        else:
+            echoes = None
+        sent = False
         try:
             self._get_publisher().publish(self.prefix + group, data)
+            sent = True
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            if not self._publish_failing:
-                self._publish_failing = True
-                logger.warning(
-                    "cannot publish to Redis at %s: %s; publish() raises BroadcastError "
-                    "until Redis is back", self.display, exc,
-                )
-            raise BroadcastError(f"cannot publish to Redis at {self.display}: {exc}") from exc
+            raise self._publish_error(exc) from exc
+        finally:
+            if echoes is not None and not sent:
+                # Redis may not have it: await no echo, lest the same message
+                # published next elsewhere be skipped. (If Redis stalled and
+                # then ran the PUBLISH, the echo comes after all, and the
+                # websockets of this process get the message twice.)
+                subscriptions.skip_echo(echoes, data)
         if self._publish_failing:
             self._publish_failing = False
             logger.warning("publishing to Redis at %s works again", self.display)
+
+    def _publish_error(self, exc: Exception) -> BroadcastError:
+        """Log the first failure of an outage; return the exception for publish() to raise."""
+        if not self._publish_failing:
+            self._publish_failing = True
+            logger.warning(
+                "cannot publish to Redis at %s: %s; publish() raises BroadcastError "
+                "until Redis is back", self.display, exc,
+            )
+        return BroadcastError(f"cannot publish to Redis at {self.display}: {exc}")
 
     def _get_publisher(self):
         pid = os.getpid()
@@ -303,7 +351,9 @@ class RedisBackend(BaseBackend):
                 self._publisher = self._make_client(kwargs, retry)
             else:
                 client = self._make_client(kwargs, Retry(NoBackoff(), 0))
-                self._publisher = _Publisher(client.connection_pool)
+                self._publisher = _Publisher(
+                    client.connection_pool, self.max_connections, self.socket_timeout
+                )
             self._publisher_pid = pid
         return self._publisher
 
@@ -387,27 +437,41 @@ class RedisBackend(BaseBackend):
             cluster.close()
 
 
-
 class _Publisher:
     """
     Connections that publish: PUBLISH and its answer, nothing else.
 
     A redis-py client does the same with much more machinery around each
-    command, which a view that publishes waits for. The connections come
-    from a redis-py pool (which knows URLs, TLS and Sentinel), used as a
-    factory; any greenlet or thread takes an idle one, or a new one.
+    command, which a view that publishes waits for. The connections are made
+    with the class and arguments of a redis-py pool (which knows URLs, TLS
+    and Sentinel), but not by the pool, which counts every connection it
+    ever made and refuses more than its ``max_connections``.
+
+    Any greenlet or thread takes an idle connection, or opens one while
+    fewer than ``limit`` are open, or else waits for one: as long as some
+    publish gets its answer within every ``timeout`` seconds, since Redis
+    is then healthy, only busy. Up to :data:`_MAX_IDLE` idle connections
+    stay open; more are closed once idle for :data:`_IDLE_TIME` seconds.
 
     """
 
-    def __init__(self, pool) -> None:
-        self.pool = pool
-        self.idle: list = []
+    def __init__(self, pool: Any, limit: int, timeout: float) -> None:
+        self.pool = pool  # a Sentinel's connections find the master through it
+        self.limit = limit
+        self.timeout = timeout
+        self.idle: list[tuple[Any, float]] = []  # (connection, since), most recent last
+        self.open = 0  # connections open, or being opened
+        self.freed_at = 0.0  # when a connection was last given back or closed
+        self.waiting = 0  # callers in _acquire's slow path
+        self.lock = threading.Lock()
+        self.freed = threading.Condition(self.lock)
+        self.reaper: threading.Timer | None = None
+        self.closed = False
 
     def publish(self, channel: str, data: bytes) -> int:
+        """PUBLISH ``data`` to ``channel``; return how many subscribers Redis counted."""
         for attempt in range(2):
-            idle = self.idle
-            reused = bool(idle) and attempt == 0
-            connection = idle.pop() if reused else self.pool.make_connection()
+            connection, reused = self._acquire(new=attempt > 0)
             try:
                 if not reused:
                     connection.connect()  # a Sentinel's connection asks where the master is
@@ -416,22 +480,135 @@ class _Publisher:
                 )
                 count = connection.read_response()
             except redis.ResponseError:
-                self.idle.append(connection)  # Redis refused this command only
+                self._release(connection)  # Redis refused this command only
                 raise
             except redis.ConnectionError:
-                connection.disconnect()
+                self._close(connection)
                 if reused:
                     continue  # Redis closed it, as when it restarts: once more, on a new one
                 raise
             except BaseException:
-                connection.disconnect()  # an answer may still come: never reuse it
+                self._close(connection)  # an answer may still come: never reuse it
                 raise
-            self.idle.append(connection)
+            self._release(connection)
             return count
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # Taking and giving back an idle connection takes no lock, for speed:
+    # list.pop() and list.append() are atomic. Counting open connections,
+    # waiting for one and closing idle ones take the lock.
+
+    def _acquire(self, new: bool) -> tuple[Any, bool]:
+        """Return an idle connection and :obj:`True`, or a new one and :obj:`False`; wait if need be."""
+        if not new:
+            try:
+                return self.idle.pop()[0], True
+            except IndexError:
+                pass
+        with self.lock:
+            # Counted before looking at idle connections: one given back
+            # meanwhile is either seen or wakes this caller up.
+            self.waiting += 1
+            try:
+                connection = self._wait_for_room(new)
+            finally:
+                self.waiting -= 1
+        if connection is not None:
+            return connection, True
+        try:
+            return self.pool.connection_class(**self.pool.connection_kwargs), False
+        except BaseException:
+            self._closed_one()
+            raise
+
+    def _wait_for_room(self, new: bool) -> Any:
+        """With the lock held: return an idle connection, or count a new one and return :obj:`None`."""
+        start = time.monotonic()
+        while True:
+            if not new and (connection := self._pop_idle(-1)) is not None:
+                return connection
+            if self.open < self.limit:
+                self.open += 1
+                return None
+            if new and (connection := self._pop_idle(0)) is not None:
+                # The new connection takes the place of an idle one, suspect
+                # too: the last one broke, as when Redis restarts.
+                connection.disconnect()
+                return None
+            remaining = max(start, self.freed_at) + self.timeout - time.monotonic()
+            if remaining <= 0:
+                raise redis.ConnectionError(
+                    f"all {self.limit} connections to Redis busy for {self.timeout} s"
+                )
+            self.freed.wait(remaining)
+
+    def _pop_idle(self, index: int) -> Any:
+        try:
+            return self.idle.pop(index)[0]
+        except IndexError:  # none, or the last one taken meanwhile
+            return None
+
+    def _release(self, connection: Any) -> None:
+        now = self.freed_at = time.monotonic()
+        idle = self.idle
+        idle.append((connection, now))
+        if self.waiting:
+            with self.lock:
+                self.freed.notify()
+        if self.closed:
+            self.close()  # closed meanwhile: keep nothing
+        elif len(idle) > _MAX_IDLE and self.reaper is None:
+            self._start_reaper(_IDLE_TIME)
+
+    def _close(self, connection: Any) -> None:
+        connection.disconnect()
+        self._closed_one()
+
+    def _closed_one(self) -> None:
+        with self.lock:
+            self.open -= 1
+            self.freed_at = time.monotonic()
+            if self.waiting:
+                self.freed.notify()
+
+    def _start_reaper(self, delay: float) -> None:
+        with self.lock:
+            if self.reaper is not None or self.closed:
+                return
+            reaper = self.reaper = threading.Timer(delay, self._reap)
+        # Started out of the lock: a thread that gevent patched yields then.
+        reaper.daemon = True
+        reaper.start()
+
+    def _reap(self) -> None:
+        """Close the idle connections beyond :data:`_MAX_IDLE` that waited :data:`_IDLE_TIME` seconds."""
+        now = time.monotonic()
+        expired = []
+        with self.lock:
+            self.reaper = None
+            idle = self.idle
+            # The least recently used come first.
+            while len(idle) > _MAX_IDLE and now - idle[0][1] >= _IDLE_TIME:
+                if (connection := self._pop_idle(0)) is None:
+                    break
+                expired.append(connection)
+            self.open -= len(expired)
+            later = idle[0][1] + _IDLE_TIME - now if len(idle) > _MAX_IDLE else None
+        for connection in expired:
+            connection.disconnect()
+        if later is not None:
+            self._start_reaper(later)
+
     def close(self) -> None:
-        idle, self.idle = self.idle, []
+        with self.lock:
+            self.closed = True
+            idle = []
+            while (connection := self._pop_idle(-1)) is not None:
+                idle.append(connection)
+            self.open -= len(idle)
+            reaper, self.reaper = self.reaper, None
+        if reaper is not None:
+            reaper.cancel()
         for connection in idle:
             connection.disconnect()
 
@@ -441,11 +618,12 @@ class _Subscriber:
     One process's subscriber connection, its listener greenlet, and the greenlet that writes commands to it.
 
     Only the listener reads from the connection and replaces it; only the
-    commander writes to it. Subscriptions are not sent as they are asked
-    for: groups whose subscription changed wait in :attr:`pending`, and the
-    commander subscribes those that still have members in :data:`registry`
-    and unsubscribes the others, so that requests made in any order, even
-    across a reconnection, end in the right state.
+    commander writes to it. Which groups to subscribe to or unsubscribe
+    from, and when, is up to :attr:`subscriptions`, a state machine that
+    both greenlets feed: requests and replies in any order, even across a
+    reconnection, end with Redis subscribed to exactly the groups that have
+    members in this process. Both greenlets are supervised: if one fails,
+    it is logged and started again.
 
     """
 
@@ -454,29 +632,24 @@ class _Subscriber:
         self.pid = os.getpid()
         self.state = CONNECTING
         self.connection = None
-        self.pending: set[str] = set()  # groups to subscribe or unsubscribe
-        self.confirmed: set[str] = set()  # groups Redis confirmed on this connection
-        self.waiters: dict[str, Event] = {}
+        self.subscriptions = Subscriptions()
+        self.waiters: dict[str, Event] = {}  # by group, until Redis confirms it
         self.ping = False
         self.wakeup = Event()
         self.outage_since: float | None = None
         self.failures = 0  # attempts to connect since the connection last worked
         self.ignored: set[bytes] = set()
-        # Messages this process published and delivered to its own
-        # websockets, which the listener skips when Redis sends them back.
-        self.echoes: dict[tuple[str, bytes], int] = {}
         if not gevent.monkey.is_module_patched("socket"):
             logger.warning(
                 "the Redis broadcast backend needs gevent's monkey-patching to listen in "
                 "this process: without it, its listener blocks every greenlet"
             )
-        self.listener = gevent.spawn(self._listen)
-        self.commander = gevent.spawn(self._command)
+        self.listener = gevent.spawn(self._supervise, "listener", self._listen)
+        self.commander = gevent.spawn(self._supervise, "commander", self._command)
 
     def subscribe(self, group: str) -> None:
-        if group in self.confirmed:
-            return
-        self.pending.add(group)
+        if self.subscriptions.want(group):
+            return  # Redis sends the group's messages already
         self.wakeup.set()
         if self.state is DOWN:
             return  # subscribed to when Redis is back
@@ -486,38 +659,21 @@ class _Subscriber:
         if waiter is None:
             waiter = self.waiters[group] = Event()
         backend = self.backend
-        waiter.wait(backend.socket_connect_timeout + backend.socket_timeout)
+        confirmed = waiter.wait(backend.socket_connect_timeout + backend.socket_timeout)
+        if not confirmed and self.waiters.get(group) is waiter:
+            # No answer, as when the group was left before its SUBSCRIBE
+            # went: don't keep the waiter for good.
+            del self.waiters[group]
 
     def unsubscribe(self, group: str) -> None:
-        self.confirmed.discard(group)
-        self.pending.add(group)
+        self.subscriptions.unwant(group)
         self.wakeup.set()
-        for key in [key for key in self.echoes if key[0] == group]:
-            del self.echoes[key]
-
-    def expect_echo(self, group: str, data: bytes) -> bool:
-        """
-        Tell whether a message this process publishes to ``group`` will come back from Redis.
-
-        If so, the message is delivered locally at once and the listener
-        skips its echo. Echoes are told apart by content only: when another
-        process publishes the same message to the same group meanwhile, the
-        listener skips that one instead, and local websockets still get
-        each message once.
-
-        """
-        if self.state is not CONNECTED or group not in self.confirmed:
-            return False
-        if len(self.echoes) >= _MAX_ECHOES:
-            return False  # echoes were lost: let Redis deliver
-        key = (group, data)
-        self.echoes[key] = self.echoes.get(key, 0) + 1
-        return True
 
     def close(self) -> None:
         gevent.killall([self.listener, self.commander], block=False)
         connection, self.connection = self.connection, None
         self.state = DOWN
+        self.subscriptions.connection_lost()
         self._release_waiters()
         if connection is not None:
             connection.disconnect()
@@ -527,9 +683,27 @@ class _Subscriber:
         for waiter in waiters.values():
             waiter.set()
 
+    def _supervise(self, name: str, run: Callable[[], None]) -> None:
+        """Run ``run`` for ever: when it raises, log it, then start afresh on a new connection."""
+        failure: Exception | None = None
+        while True:
+            try:
+                if failure is not None:
+                    # Whatever the greenlet was doing is lost, such as
+                    # commands taken and not sent: subscribe again to everything.
+                    self._lost(self.connection, failure)
+                run()
+            except Exception as exc:
+                logger.exception(
+                    "the Redis %s failed; starting it again in %s s", name, _RESTART_DELAY
+                )
+                failure = exc
+                gevent.sleep(_RESTART_DELAY)
+
     # The commander.
 
     def _command(self) -> None:
+        """Whenever woken up, send what :attr:`subscriptions` says is due, and a PING if asked."""
         prefix = self.backend.prefix
         while True:
             self.wakeup.wait()
@@ -537,14 +711,12 @@ class _Subscriber:
             connection = self.connection
             if connection is None or self.state is not CONNECTED:
                 continue  # the listener subscribes to everything once connected
-            pending, self.pending = self.pending, set()
-            join = [prefix + group for group in pending if group in registry]
-            leave = [prefix + group for group in pending if group not in registry]
+            join, leave = self.subscriptions.commands()
             commands = []
             if join:
-                commands.append(("SUBSCRIBE", *join))
+                commands.append(("SUBSCRIBE", *[prefix + group for group in join]))
             if leave:
-                commands.append(("UNSUBSCRIBE", *leave))
+                commands.append(("UNSUBSCRIBE", *[prefix + group for group in leave]))
             if self.ping:
                 self.ping = False
                 commands.append(("PING",))
@@ -560,30 +732,44 @@ class _Subscriber:
     # The listener.
 
     def _listen(self) -> None:
+        """Connect, read until the connection fails, wait, and again, for ever."""
         backend = self.backend
         while True:
             connection = None
             try:
                 connection = backend._subscriber_connection()
                 connection.connect()
-                self.confirmed = set()
-                self.echoes.clear()  # none comes on a new connection
-                self.connection = connection
-                self.state = CONNECTED
-                # The new connection subscribes to every group of this
-                # process; the PING's answer tells that it works.
-                self.pending = set(registry.groups())
-                self.ping = True
-                self.wakeup.set()
+                self._connected(connection)
                 self._read(connection)
             except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
                 self._lost(connection, exc)
             except Exception as exc:
                 logger.exception("unexpected error in the Redis listener")
                 self._lost(connection, exc)
-            low, high = backend.reconnect_delays
-            gevent.sleep(min(high, low * 2**self.failures) * random.uniform(0.5, 1.0))
-            self.failures += 1
+            gevent.sleep(self._backoff())
+
+    def _backoff(self) -> float:
+        """Count a failed attempt; return how long to wait before the next one."""
+        low, high = self.backend.reconnect_delays
+        doublings = min(self.failures, _MAX_DOUBLINGS)
+        self.failures = doublings + 1
+        return min(high, low * 2.0**doublings) * random.uniform(0.5, 1.0)
+
+    def _connected(self, connection: Any) -> None:
+        """Make ``connection`` the current one: it subscribes to every group of this process."""
+        # The PING's answer tells that it works.
+        subscriptions = self.subscriptions
+        groups = set(registry.groups())
+        for group in subscriptions.wanted - groups:
+            # Their members were garbage-collected without leaving.
+            subscriptions.unwant(group)
+        for group in groups:
+            subscriptions.want(group)
+        subscriptions.connection_made()
+        self.connection = connection
+        self.state = CONNECTED
+        self.ping = True
+        self.wakeup.set()
 
     def _working(self) -> None:
         # Redis answered on a new connection.
@@ -595,11 +781,11 @@ class _Subscriber:
             )
             self.outage_since = None
 
-    def _lost(self, connection, exc: Exception) -> None:
+    def _lost(self, connection: Any, exc: Exception) -> None:
         was = self.state
         self.connection = None
         self.state = DOWN
-        self.echoes.clear()
+        self.subscriptions.connection_lost()
         self._release_waiters()
         if connection is not None:
             connection.disconnect()
@@ -613,12 +799,15 @@ class _Subscriber:
         else:
             logger.debug("cannot connect to Redis at %s: %s", self.backend.display, exc)
 
-    def _read(self, connection) -> None:
+    def _read(self, connection: Any) -> None:
+        """Read messages and replies until the connection fails; hand each message to the registry."""
         interval = self.backend.health_check_interval
         prefix = self.backend.prefix.encode()
         skip = len(prefix)
         deliver = registry.deliver
-        echoes = self.echoes
+        subscriptions = self.subscriptions
+        echoes = subscriptions.echoes  # the same dict for as long as the process runs
+        skip_echo = subscriptions.skip_echo
         messages = size = 0  # handed out since the listener last yielded
         working = False
         while True:
@@ -639,16 +828,9 @@ class _Subscriber:
                     self._ignore(channel, "not published by django_websocket")
                     continue
                 group = channel[skip:].decode()
-                if echoes:
-                    key = (group, data)
-                    count = echoes.get(key)
-                    if count is not None:
-                        # Delivered when this process published it.
-                        if count == 1:
-                            del echoes[key]
-                        else:
-                            echoes[key] = count - 1
-                        continue
+                table = echoes.get(group)
+                if table and skip_echo(table, data):
+                    continue  # delivered when this process published it
                 payload = data[1:]
                 message = None
                 if data[0] == OP_TEXT:
@@ -658,9 +840,14 @@ class _Subscriber:
                         self._ignore(channel, "invalid UTF-8 in a text message")
                         continue
                 try:
-                    deliver(group, data[0], payload, message)
+                    members = deliver(group, data[0], payload, message)
                 except Exception:
                     logger.exception("cannot deliver a message of the group %s", group)
+                else:
+                    if not members and group not in registry:
+                        # Its members were garbage-collected without leaving.
+                        subscriptions.unwant(group)
+                        self.wakeup.set()
                 messages += 1
                 size += len(data)
                 if messages >= _BATCH_MESSAGES or size >= _BATCH_BYTES:
@@ -670,12 +857,19 @@ class _Subscriber:
                     gevent.sleep(0)
             elif kind == b"subscribe":
                 group = response[1][skip:].decode()
-                self.confirmed.add(group)
+                if subscriptions.subscribed(group):
+                    self.wakeup.set()
                 waiter = self.waiters.pop(group, None)
                 if waiter is not None:
                     waiter.set()
+            elif kind == b"unsubscribe" and subscriptions.unsubscribed(response[1][skip:].decode()):
+                self.wakeup.set()
 
     def _ignore(self, channel: bytes, why: str) -> None:
-        if channel not in self.ignored:
+        if channel in self.ignored:
+            return
+        if len(self.ignored) < _MAX_IGNORED:
             self.ignored.add(channel)
             logger.warning("ignored a message on the Redis channel %r: %s", channel, why)
+        else:
+            logger.debug("ignored a message on the Redis channel %r: %s", channel, why)
