@@ -17,6 +17,13 @@ checks it: the baseline against a copy of itself). The two share the core's
 caches too: a ratio here may differ by some percent from run.py's, where each
 server has the core to itself.
 
+``--against CHECKOUT`` pairs our server with itself built from another version
+of the library: the baseline becomes django_websocket importing
+``CHECKOUT/django_websocket`` (copied at the start, as the working tree's is)::
+
+    git worktree add /tmp/old HEAD
+    python benchmarks/paired.py --workload echo --against /tmp/old
+
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import run
 import servers as servers_module
-from servers import BASELINE, REFERENCE, SPECS, Server, snapshot_library, stop_all
+from servers import (
+    BASELINE, OURS, REFERENCE, SPECS, Server, Spec, copy_library, snapshot_library, stop_all,
+)
 
 
 #: The unit each workload's CPU time is counted per, and how to print it.
@@ -54,15 +64,41 @@ def cpu_per_unit(result: dict, metric: str) -> float | None:
     return result["server_cpu"] / rate * UNITS[metric][1]
 
 
-def measure_pair(names: tuple[str, str], workload: run.Workload, args, log_dir: Path,
+def figure(value: float) -> str:
+    """A CPU time per unit, with three significant digits at least: 898.2, 28.4, 1.31."""
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def pair_specs(args, log_dir: Path) -> tuple[dict[str, Spec], Spec]:
+    """
+    The servers to measure, by name, and the baseline each is paired with.
+
+    With ``--against``, the baseline is our server importing the other
+    checkout's library, copied into ``log_dir``; both copies of our server are
+    labelled with the library they import.
+
+    """
+    specs = {name: SPECS[name] for name in args.servers}
+    if args.against is None:
+        return specs, SPECS[args.baseline]
+    if OURS in specs:
+        source = args.library or "this tree's snapshot"
+        specs[OURS] = replace(SPECS[OURS], label=f"{OURS} ({source})")
+    baseline = replace(SPECS[OURS], name=f"{OURS}@{args.against.name}",
+                       label=f"{OURS} ({args.against})", library=log_dir / "against")
+    copy_library(args.against, baseline.library)
+    return specs, baseline
+
+
+def measure_pair(specs: tuple[Spec, Spec], workload: run.Workload, args, log_dir: Path,
                  round_index: int) -> list[dict]:
     """Start both servers, run a load generator against each at once, stop them."""
     started: list[Server] = []
-    records = [{"round": round_index, "server": name} for name in names]
+    records = [{"round": round_index, "server": spec.name} for spec in specs]
     try:
-        for position, name in enumerate(names):
-            log_path = log_dir / f"r{round_index}-{names[0]}-{names[1]}-{position}.log"
-            started.append(Server(SPECS[name], log_path, args.server_cpu, args.ready_timeout))
+        for position, spec in enumerate(specs):
+            log_path = log_dir / f"r{round_index}-{specs[0].name}-{specs[1].name}-{position}.log"
+            started.append(Server(spec, log_path, args.server_cpu, args.ready_timeout))
         clients = [subprocess.Popen(
             run.client_command(server, workload, args), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
@@ -88,31 +124,32 @@ def measure_pair(names: tuple[str, str], workload: run.Workload, args, log_dir: 
     return records
 
 
-def report(workload: run.Workload, baseline: str, rows: dict[str, list[tuple]]) -> str:
+def report(workload: run.Workload, baseline: Spec, specs: dict[str, Spec],
+           rows: dict[str, list[tuple]]) -> str:
     unit = UNITS[workload.metric][0]
     lines = [
-        f"Workload: {workload.title}; each server measured at the same time as {baseline}.",
+        f"Workload: {workload.title}; each server measured at the same time as {baseline.label}.",
         "",
-        f"| server | CPU {unit} | baseline's, same runs | ratio to {baseline} (median) "
+        f"| server | CPU {unit} | baseline's, same runs | ratio to {baseline.name} (median) "
         "| per round | throughput ratio |",
         "|---|---|---|---|---|---|",
     ]
     for name, pairs in rows.items():
         pairs = [(ours, base) for ours, base in pairs if ours and base]
         if not pairs:
-            lines.append(f"| {SPECS[name].label} | – | – | – | – | – |")
+            lines.append(f"| {specs[name].label} | – | – | – | – | – |")
             continue
         ratios = [ours / base for ours, base in pairs]
         ratio = statistics.median(ratios)
         lines.append(
-            f"| {SPECS[name].label} | {statistics.median(o for o, _ in pairs):,.1f} "
-            f"| {statistics.median(b for _, b in pairs):,.1f} | {ratio:.3f} "
+            f"| {specs[name].label} | {figure(statistics.median(o for o, _ in pairs))} "
+            f"| {figure(statistics.median(b for _, b in pairs))} | {ratio:.3f} "
             f"| {', '.join(f'{r:.3f}' for r in ratios)} | {1 / ratio:.2f}x |"
         )
     lines += [
         "",
         "The throughput ratio is what the CPU time allows: the connections (or messages) "
-        f"per second of a core, against {baseline}'s.",
+        f"per second of a core, against {baseline.name}'s.",
     ]
     return "\n".join(lines)
 
@@ -134,6 +171,9 @@ def parse_args():
     parser.add_argument("--client-cpu", default="1")
     parser.add_argument("--library", type=Path,
                         help="a directory holding the django_websocket to serve instead")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="a directory holding another django_websocket: the baseline is "
+                        "then our server importing it, instead of --baseline")
     parser.add_argument("--output", type=Path,
                         default=Path(tempfile.gettempdir()) / "django_websocket_bench"
                         / time.strftime("paired-%Y%m%d-%H%M%S.json"))
@@ -142,6 +182,10 @@ def parse_args():
     unknown = set(names + [args.baseline]) - set(SPECS)
     if unknown or REFERENCE in names:
         parser.error(f"unknown servers (or the picows reference): {', '.join(sorted(unknown))}")
+    if args.against is not None:
+        args.against = args.against.resolve()
+        if not (args.against / "django_websocket" / "__init__.py").is_file():
+            parser.error(f"--against: no django_websocket package in {args.against}")
     # The baseline against a copy of itself shows how precise the pairing is.
     args.servers = names
     return args
@@ -158,16 +202,19 @@ def main() -> None:
         servers_module.LIBRARY_PATH = args.library.resolve()
     else:
         snapshot_library(log_dir / "library")
+    specs, baseline = pair_specs(args, log_dir)
     info = run.machine_info(args.server_cpu, args.client_cpu)
-    rows: dict[str, list[tuple]] = {name: [] for name in args.servers}
+    if baseline.library is not None:
+        info["baseline_library_sha256"] = run.library_fingerprint(baseline.library)
+    rows: dict[str, list[tuple]] = {name: [] for name in specs}
     records = []
     started = time.monotonic()
     try:
         for round_index in range(args.rounds):
-            for name in args.servers:
+            for name, spec in specs.items():
                 # Alternate which server starts first.
                 first = round_index % 2 == 1
-                pair = (name, args.baseline) if first else (args.baseline, name)
+                pair = (spec, baseline) if first else (baseline, spec)
                 measured = measure_pair(pair, workload, args, log_dir, round_index)
                 records += measured
                 mine, base_record = measured if first else measured[::-1]
@@ -177,14 +224,14 @@ def main() -> None:
                 if errors or not ours or not base:
                     status = errors[0] if errors else "no figure"
                 else:
-                    status = f"{ours:,.1f} vs {base:,.1f} = {ours / base:.3f}"
+                    status = f"{figure(ours)} vs {figure(base)} = {ours / base:.3f}"
                 loads = "+".join(f"{r.get('client_cpu', 0):.2f}" for r in measured)
                 print(f"[{time.monotonic() - started:5.0f}s] round {round_index + 1}/{args.rounds} "
                       f"{name:24} {status} (load generators: {loads} cores)",
                       file=sys.stderr, flush=True)
     finally:
         stop_all()
-    text = report(workload, args.baseline, rows)
+    text = report(workload, baseline, specs, rows)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(

@@ -150,9 +150,9 @@ def machine_info(server_cpu: str | None, client_cpu: str | None) -> dict:
     }
 
 
-def library_fingerprint() -> str:
-    """A hash of the django_websocket sources the servers import."""
-    root = servers_module.LIBRARY_PATH or HERE.parent
+def library_fingerprint(root: Path | None = None) -> str:
+    """A hash of the django_websocket sources in ``root``, by default those the servers import."""
+    root = root or servers_module.LIBRARY_PATH or HERE.parent
     digest = hashlib.sha256()
     for path in sorted((root / "django_websocket").rglob("*.py")):
         digest.update(path.read_bytes())

@@ -25,7 +25,10 @@ from pathlib import Path
 import psutil
 from websockets.sync.client import connect
 
-__all__ = ["Spec", "Server", "SPECS", "BASELINE", "OURS", "REFERENCE", "snapshot_library", "stop_all"]
+__all__ = [
+    "Spec", "Server", "SPECS", "BASELINE", "OURS", "REFERENCE", "copy_library", "snapshot_library",
+    "stop_all",
+]
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,6 +58,9 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     #: "workers": the master's children count (gunicorn); "tree": the whole process tree.
     processes: str = "tree"
+    #: A directory holding the django_websocket this server imports, instead of
+    #: :data:`LIBRARY_PATH`'s (to pair our server with another version of itself).
+    library: Path | None = None
 
 
 OURS = "django_websocket"
@@ -135,6 +141,13 @@ RUNNING: list[Server] = []
 LIBRARY_PATH: Path | None = None
 
 
+def copy_library(source: Path, directory: Path) -> Path:
+    """Copy the django_websocket package of checkout ``source`` into ``directory``; return it."""
+    shutil.copytree(source / "django_websocket", directory / "django_websocket",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return directory / "django_websocket"
+
+
 def snapshot_library(directory: Path) -> Path:
     """
     Copy the working tree's django_websocket into ``directory``; servers import it from there.
@@ -144,10 +157,8 @@ def snapshot_library(directory: Path) -> Path:
 
     """
     global LIBRARY_PATH
-    shutil.copytree(HERE.parent / "django_websocket", directory / "django_websocket",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     LIBRARY_PATH = directory
-    return directory / "django_websocket"
+    return copy_library(HERE.parent, directory)
 
 
 class Server:
@@ -198,7 +209,8 @@ class Server:
             command = ["taskset", "--cpu-list", cpu, *command]
         env = dict(os.environ)
         # Ahead of the editable install's import hook, which comes after sys.path.
-        paths = [str(LIBRARY_PATH) if LIBRARY_PATH else None, str(HERE), env.get("PYTHONPATH")]
+        library = self.spec.library or LIBRARY_PATH
+        paths = [str(library) if library else None, str(HERE), env.get("PYTHONPATH")]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.spec.env)
