@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ast
+import importlib
+import logging
 import os
-import shlex
-from pathlib import Path
+import runpy
 
 from django.apps import apps
 from django.core import checks
@@ -14,6 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import DEFAULTS, settings
 
 __all__ = ["check_settings", "check_installed_apps", "check_broadcast", "configured_workers"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
@@ -72,40 +74,55 @@ def check_broadcast(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 def configured_workers() -> int | None:
     """
-    Return how many gunicorn workers the environment asks for, if it says.
+    Return how many workers gunicorn would start from here, if it is configured.
 
-    Looks at ``--workers`` / ``-w`` in ``GUNICORN_CMD_ARGS``, at
-    ``WEB_CONCURRENCY`` (gunicorn's default), and at ``workers = N`` in a
-    ``gunicorn.conf.py`` in the current directory.
+    Reads the configuration as gunicorn does, with its own settings and
+    validation, from what a check can see: the configuration file (the
+    ``--config`` of ``GUNICORN_CMD_ARGS``, else ``gunicorn.conf.py`` in the
+    current directory), run as gunicorn runs it, so that ``workers =
+    int(os.environ.get("WEB_CONCURRENCY", 2))`` counts; then
+    ``GUNICORN_CMD_ARGS``; then ``WEB_CONCURRENCY``, gunicorn's default. The
+    options of gunicorn's own command line are out of sight.
+
+    Returns :obj:`None` when nothing sets the number of workers, or when the
+    configuration file fails to load here (it may need the production
+    environment; gunicorn reports its errors when it starts).
 
     """
-    found = []
-    args = shlex.split(os.environ.get("GUNICORN_CMD_ARGS", ""))
-    for index, arg in enumerate(args):
-        value = None
-        if arg in ("-w", "--workers") and index + 1 < len(args):
-            value = args[index + 1]
-        elif arg.startswith("--workers="):
-            value = arg.partition("=")[2]
-        elif arg.startswith("-w") and arg[2:].isdigit():
-            value = arg[2:]
-        if value is not None and value.isdigit():
-            found.append(int(value))
+    from gunicorn.config import Config, get_default_config_file
+
+    config = Config()
+    workers = None
     concurrency = os.environ.get("WEB_CONCURRENCY", "")
     if concurrency.isdigit():
-        found.append(int(concurrency))
-    config = Path("gunicorn.conf.py")
+        workers = int(concurrency)
     try:
-        tree = ast.parse(config.read_text())
-    except (OSError, SyntaxError, ValueError):
-        tree = None
-    if tree is not None:
-        for node in tree.body:
-            if (
-                isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "workers" for t in node.targets)
-                and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, int)
-            ):
-                found.append(node.value.value)
-    return max(found) if found else None
+        env_args = config.parser().parse_args(config.get_cmd_args_from_env())
+    except SystemExit:  # argparse's answer to arguments gunicorn would refuse too
+        return workers
+    location = env_args.config or get_default_config_file()
+    if location:
+        try:
+            namespace = _load_gunicorn_config(location)
+        except Exception as exc:  # noqa: BLE001 (the file's own error, not ours)
+            logger.debug("cannot read the gunicorn configuration %s: %r", location, exc)
+            namespace = {}
+        if "workers" in namespace:
+            try:
+                config.set("workers", namespace["workers"])
+            except (TypeError, ValueError):
+                pass  # gunicorn refuses to start with it anyway
+            else:
+                workers = config.workers
+    if env_args.workers is not None:
+        workers = env_args.workers
+    return workers
+
+
+def _load_gunicorn_config(location: str) -> dict:
+    # As gunicorn.app.base.Application.load_config_from_module_name_or_filename()
+    # does, but raising instead of printing and exiting.
+    if location.startswith("python:"):
+        return vars(importlib.import_module(location[len("python:"):]))
+    filename = location[len("file:"):] if location.startswith("file:") else location
+    return runpy.run_path(filename, run_name="__config__")

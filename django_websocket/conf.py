@@ -94,7 +94,8 @@ def _broadcast(value) -> dict:
     backend = value.get("BACKEND")
     if not isinstance(backend, str) or not backend:
         raise ImproperlyConfigured(
-            f"WEBSOCKET_BROADCAST['BACKEND'] must be the dotted path of a backend class, {example}; "
+            "WEBSOCKET_BROADCAST['BACKEND'] must be the dotted path of a backend class, "
+            f"{example}; "
             f"got {backend!r}."
         )
     location = value.get("LOCATION", "")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, Iterable
 
+from asgiref.sync import iscoroutinefunction
+
 from .middleware import Options, serve
 
 __all__ = ["accept_websocket", "require_websocket"]
@@ -56,10 +58,15 @@ def accept_websocket(view: Callable | None = None, *, protocols: Iterable[str] =
     transaction, which would last as long as the connection; a plain HTTP
     request is, as usual.
 
+    The view must be synchronous: each connection runs in a gevent greenlet
+    of a WSGI server. Decorating an ``async def`` view raises
+    :exc:`TypeError`; define it with ``def``.
+
     """
     if view is None:
         return functools.partial(accept_websocket, protocols=protocols)
-    return _decorate(view, Options(required=False, protocols=_protocols(protocols)))
+    options = Options(required=False, protocols=_protocols(protocols))
+    return _decorate(accept_websocket, view, options)
 
 
 def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
@@ -73,10 +80,17 @@ def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] 
             for message in request.websocket:
                 request.websocket.send(message)
 
+        @require_websocket(protocols=["chat.v2", "chat.v1"])
+        def chat(request): ...
+
+    As with :func:`accept_websocket`, the view must be synchronous:
+    decorating an ``async def`` view raises :exc:`TypeError`.
+
     """
     if view is None:
         return functools.partial(require_websocket, protocols=protocols)
-    return _decorate(view, Options(required=True, protocols=_protocols(protocols)))
+    options = Options(required=True, protocols=_protocols(protocols))
+    return _decorate(require_websocket, view, options)
 
 
 def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
@@ -85,7 +99,16 @@ def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
     return tuple(protocols)
 
 
-def _decorate(view: Callable, options: Options) -> Callable:
+def _decorate(decorator: Callable, view: Callable, options: Options) -> Callable:
+    if iscoroutinefunction(view):
+        # Django would call it and get a coroutine that nothing awaits: a 500
+        # at every handshake, far from the cause.
+        name = getattr(view, "__qualname__", repr(view))
+        raise TypeError(
+            f"{decorator.__name__} cannot decorate the async view {name}: websocket "
+            f"views run in gevent greenlets under WSGI and must be synchronous. "
+            f"Define it with 'def' instead of 'async def'."
+        )
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         # The aliases that @non_atomic_requests added above the decorator.

@@ -28,21 +28,21 @@ import base64
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
 from http.client import parse_headers
 from io import BytesIO
+from typing import Iterator, NamedTuple
 
 import gevent
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import got_request_exception, request_finished, request_started
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.http import HttpResponse
 from django.test import Client
 from gevent import pywsgi
 from gevent import socket as gsocket
+from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.protocol import State
-from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from .exceptions import ConnectionClosed, WebSocketError
@@ -67,12 +67,16 @@ class HandshakeRefused(WebSocketError):
     Raised by :meth:`WebSocketClient.connect` when the view refuses the handshake.
 
     :attr:`response` is the :class:`~django.http.HttpResponse` that Django
-    produced, e.g. ``exc.response.status_code == 403``.
+    produced, e.g. ``exc.response.status_code == 403``. :attr:`exception` is
+    the exception that the view raised to cause a ``500``, or :obj:`None`;
+    it is only seen with ``raise_request_exception=False``, as otherwise
+    :meth:`WebSocketClient.connect` raises that exception itself.
 
     """
 
-    def __init__(self, response: HttpResponse) -> None:
+    def __init__(self, response: HttpResponse, exception: BaseException | None = None) -> None:
         self.response = response
+        self.exception = exception
         super().__init__(f"the handshake was refused with {response.status_code} "
                          f"{response.reason_phrase}")
 
@@ -113,6 +117,12 @@ class WebSocketClient(Client):
         Raises:
             HandshakeRefused: the view answered with an HTTP response; it is
                 the exception's ``response``.
+            Exception: the view, or a middleware, raised before accepting:
+                as Django's test client does, that exception is raised
+                rather than the ``500`` response, unless the client was
+                created with ``raise_request_exception=False``; then
+                :exc:`HandshakeRefused` is raised with the exception as
+                its ``exception``.
             TimeoutError: nothing answered within ``timeout`` seconds.
 
         """
@@ -128,7 +138,9 @@ class WebSocketClient(Client):
         for key, value in self.defaults.items():
             if key.startswith("HTTP_"):
                 headers[key[5:].replace("_", "-").title()] = str(value)
-        cookies = "; ".join(f"{morsel.key}={morsel.coded_value}" for morsel in self.cookies.values())
+        cookies = "; ".join(
+            f"{morsel.key}={morsel.coded_value}" for morsel in self.cookies.values()
+        )
         if cookies:
             headers["Cookie"] = cookies
         return headers
@@ -208,7 +220,7 @@ class TestWebSocket:
         handler = WebSocketHandler(server_sock, ("127.0.0.1", 0), _Server(application))
         _keep_connections()
         got_request_exception.connect(self._store_exception)
-        self._server = gevent.spawn(self._serve, handler)
+        self._server = gevent.spawn(self._serve, handler, connections.all())
         key = base64.b64encode(os.urandom(16)).decode()
         self._sock.sendall(self._request(key))
         self._sock.settimeout(self.timeout)
@@ -216,7 +228,10 @@ class TestWebSocket:
         if status != 101:
             self._join_server()
             self._client.cookies.update(self.response.cookies)
-            raise HandshakeRefused(self.response)
+            if self._exc_info is not None and self._client.raise_request_exception:
+                # As Django's test client does: the view's exception, not the 500.
+                raise self.exception
+            raise HandshakeRefused(self.response, self.exception)
         if headers.get("Sec-WebSocket-Accept") != accept_key(key):
             raise AssertionError("the server answered with a wrong Sec-WebSocket-Accept")
         self.protocol = headers.get("Sec-WebSocket-Protocol")
@@ -225,10 +240,21 @@ class TestWebSocket:
         if self._buffer:
             self._feed(self._buffer)
 
-    def _serve(self, handler) -> None:
+    def _serve(self, handler, shared) -> None:
+        # The view runs in this greenlet with the test's database connections,
+        # so that it sees what the test wrote in its transaction. Django keeps
+        # connections per thread, and once gevent has patched threading (as
+        # the documented manage.py does), per greenlet: without this, the view
+        # would open its own connection, which can't see the test's data, and
+        # which SQLite blocks ("database table is locked").
+        for connection in shared:
+            connection.inc_thread_sharing()
+            connections[connection.alias] = connection
         try:
             handler.handle()
         finally:
+            for connection in shared:
+                connection.dec_thread_sharing()
             got_request_exception.disconnect(self._store_exception)
             _release_connections()
 

@@ -37,7 +37,8 @@ from gunicorn.workers.ggevent import PyWSGIHandler, PyWSGIServer
 from . import handshake, httpparser
 from .conf import DEFAULTS, settings
 from .exceptions import InvalidHandshake
-from .states import _open_websockets
+from .sockets import with_timeout
+from .states import open_websockets
 from .websocket import CONNECTING, WebSocket, close_all
 
 __all__ = ["WebSocketHandler", "GeventWebSocketWorker", "adopt"]
@@ -445,19 +446,14 @@ class _RequestBody(pywsgi.Input):
             raise _BodyTimeout()
         # A socket timeout applies to each receive: a body that keeps
         # coming is read whole, however long it takes.
-        sock = self.sock
-        previous = sock.gettimeout()
-        sock.settimeout(self.timeout)
         try:
-            return read(size)
+            return with_timeout(self.sock, self.timeout, read, size)
         except TimeoutError:
             self.failed = self.expired = True
             raise _BodyTimeout() from None
         except BaseException:
             self.failed = True
             raise
-        finally:
-            sock.settimeout(previous)
 
 
 def _new_websocket(sock, rfile, request: handshake.Handshake, **options) -> WebSocket:
@@ -494,16 +490,17 @@ def _buffered_input(sock, rfile) -> bytes:
     The socket stays open.
 
     """
-    timeout = sock.gettimeout()
-    sock.settimeout(0.0)
     try:
-        data = rfile.peek()
-        return rfile.read(len(data)) if data else b""
+        return with_timeout(sock, 0.0, _read_buffered, rfile)
     except OSError:
         return b""
     finally:
-        sock.settimeout(timeout)
         rfile.close()
+
+
+def _read_buffered(rfile) -> bytes:
+    data = rfile.peek()
+    return rfile.read(len(data)) if data else b""
 
 
 def adopt(environ: dict) -> WebSocket | None:
@@ -628,14 +625,17 @@ class GeventWebSocketWorker(BaseWorker):
         super().load_wsgi()
         _freeze_loaded_objects()
         # Django is set up now. The first worker speaks for all.
-        if self.age != 1:
-            return
-        if self.cfg.preload_app:
+        if self.cfg.preload_app and self.age == 1:
             logger.warning(
                 "gunicorn --preload loaded Django before gevent patched the worker: its "
                 "greenlets share one database connection and thread-locals. Remove --preload "
                 "(preload_app) with django_websocket.worker.GeventWebSocketWorker."
             )
+        if self.cfg.preload_app:
+            # Every worker: each would answer every request with a 500.
+            _refuse_shared_database_connections()
+        if self.age != 1:
+            return
         if self.cfg.workers > 1:
             _check_broadcast(self.cfg.workers)
 
@@ -645,7 +645,7 @@ class GeventWebSocketWorker(BaseWorker):
         # and close the websockets so that their views return, including
         # those that views accept from now on.
         _stop_waiting_for_requests()
-        _open_websockets.closing = (1001, "server shutting down")
+        open_websockets.closing = (1001, "server shutting down")
         gevent.spawn(close_all, 1001, "server shutting down")
 
 
@@ -664,6 +664,45 @@ def _freeze_loaded_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _refuse_shared_database_connections() -> None:
+    """
+    Refuse to serve when the greenlets of this worker share database connections.
+
+    Django keeps a connection per thread, hence per greenlet once gevent has
+    patched threading. When gunicorn's ``--preload`` sets Django up in the
+    master, before the worker patches, every greenlet gets the same
+    connection, and Django refuses to use it from any but the one that
+    created it: every request that touches the database, every handshake of
+    a view that uses sessions, would be a 500.
+
+    Raises:
+        ImproperlyConfigured: with the aliases and what to change.
+
+    """
+    from django.conf import settings as django_settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not django_settings.configured:
+        return  # not a Django application
+    from django.db import connections
+
+    def wrappers() -> list:
+        return [connections[alias] for alias in connections
+                if connections[alias].settings_dict["ENGINE"] != "django.db.backends.dummy"]
+
+    shared = [ours.alias for ours, theirs in zip(wrappers(), gevent.spawn(wrappers).get())
+              if ours is theirs]
+    if shared:
+        raise ImproperlyConfigured(
+            f"gunicorn --preload loaded Django before gevent patched the worker: its "
+            f"greenlets would share the database connection {', '.join(map(repr, shared))}, "
+            f"and every request that uses it would fail with DatabaseError (\"DatabaseWrapper "
+            f"objects created in a thread can only be used in that same thread\"). Remove "
+            f"--preload (preload_app in gunicorn.conf.py) to serve with "
+            f"django_websocket.worker.GeventWebSocketWorker."
+        )
 
 
 def _check_broadcast(workers: int) -> None:

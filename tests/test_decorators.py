@@ -5,6 +5,7 @@ from django.db import transaction
 from django.http import HttpResponse, HttpResponseForbidden
 from django.test import override_settings
 from django.urls import path
+from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from django_websocket import accept_websocket, require_websocket
@@ -294,3 +295,24 @@ def test_non_atomic_requests_is_honoured(pairs, seen, atomic_requests, view, via
 def test_atomic_requests_off(seen):
     bare_accept(plain_request())
     assert seen == [(False, False)]
+
+
+class AsyncView(View):
+    async def get(self, request):
+        return HttpResponse()
+
+
+async def async_view(request):
+    return HttpResponse()
+
+
+@pytest.mark.parametrize("decorator", [accept_websocket, require_websocket])
+@pytest.mark.parametrize(
+    "view", [async_view, AsyncView.as_view()], ids=["function", "class-based"]
+)
+def test_async_views_are_refused_when_decorated(decorator, view):
+    # Not a 500 at each handshake ("returned an unawaited coroutine").
+    with pytest.raises(TypeError, match=r"must be synchronous.*instead of 'async def'"):
+        decorator(view)
+    with pytest.raises(TypeError, match=f"{decorator.__name__} cannot decorate the async view"):
+        decorator(protocols=["chat"])(view)

@@ -248,6 +248,19 @@ def test_echo(site):
         assert websocket.recv(timeout=TIMEOUT) == "hello"
 
 
+def test_smoke_test_client(site):
+    # The plain Python client of docs/howto.rst, against the echo, then a
+    # URL that refuses the handshake.
+    script = str(EXAMPLE / "clients" / "smoke_test.py")
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    ok = subprocess.run([sys.executable, script, site.ws_url("/ws/echo/")], env=env,
+                        capture_output=True, text=True, timeout=6 * TIMEOUT)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "OK\n", "")
+    refused = subprocess.run([sys.executable, script, site.ws_url("/ws/chat/lobby/")], env=env,
+                             capture_output=True, text=True, timeout=6 * TIMEOUT)
+    assert (refused.returncode, refused.stderr) == (1, "handshake refused: HTTP 403\n")
+
+
 def test_static_files_are_served_by_gunicorn(site):
     scripts = ["live.js", "chat/room.js", "notifications/notifications.js"]
     for path in [f"/static/{script}" for script in scripts]:

@@ -559,14 +559,20 @@ def test_sigterm_does_not_wait_for_idle_keep_alive_connections(tmp_path):
         server.stop()
 
 
-def test_preload_is_warned_about(tmp_path):
+def test_preload_is_refused_when_greenlets_share_database_connections(tmp_path, database):
     # With --preload, Django is set up in the master, before gevent patches
-    # the workers: their greenlets would share one database connection.
-    server = start_gunicorn(tmp_path / "server.log", "--preload")
-    try:
-        assert server.wait_for_log("gunicorn --preload loaded Django before gevent patched")
-    finally:
-        server.stop()
+    # the workers: their greenlets would share one database connection, and
+    # every request that uses it, every handshake with a session, would be
+    # a 500. The worker refuses to boot instead, and says what to change.
+    env = server_env(WEBSOCKET_TEST_DATABASE=str(database))
+    with pytest.raises(RuntimeError, match="exited with 3") as caught:
+        start_gunicorn(tmp_path / "server.log", "--preload", env=env)
+    log = str(caught.value)
+    assert "gunicorn --preload loaded Django before gevent patched" in log
+    assert "ImproperlyConfigured: gunicorn --preload loaded Django" in log
+    assert "would share the database connection 'default'" in log
+    assert "Remove --preload (preload_app in gunicorn.conf.py)" in log
+    assert "Worker failed to boot" in log
 
 
 def test_many_concurrent_connections(server):

@@ -130,6 +130,26 @@ class WebSocketClientTests(TestCase):
         self.assertEqual(ws.close_code, 1011)
         self.assertIsInstance(ws.exception, RuntimeError)
 
+    def test_view_exception_before_accepting_is_raised(self):
+        # Not HandshakeRefused(500): the view's own exception, as Django's
+        # test client raises it for HTTP requests.
+        with self.assertLogs("django.request", logging.ERROR):
+            with self.assertRaisesMessage(RuntimeError, "the view failed before accepting"):
+                self.client.connect("/fail-before-accepting/")
+
+    def test_view_exception_before_accepting_is_kept_on_refusal(self):
+        client = WebSocketClient(raise_request_exception=False, timeout=2000 * MS)
+        with self.assertLogs("django.request", logging.ERROR):
+            with self.assertRaises(HandshakeRefused) as caught:
+                client.connect("/fail-before-accepting/")
+        self.assertEqual(caught.exception.response.status_code, 500)
+        self.assertIsInstance(caught.exception.exception, RuntimeError)
+
+    def test_refusal_without_exception(self):
+        with self.assertRaises(HandshakeRefused) as caught:
+            self.client.connect("/refuse/")
+        self.assertIsNone(caught.exception.exception)
+
     def test_view_sees_the_test_database(self):
         with self.client.connect("/count-users/") as ws:
             self.assertEqual(ws.receive(), "1")

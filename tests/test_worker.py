@@ -390,7 +390,7 @@ def test_websocket_accepted_after_stop_began_is_closed_with_1001(serve, monkeypa
     from django_websocket.handshake import ENVIRON_KEY
 
     settings.WEBSOCKET_CLOSE_TIMEOUT = 50 * MS  # this client answers no close frame
-    monkeypatch.setattr(states._open_websockets, "closing", (1001, "server shutting down"))
+    monkeypatch.setattr(states.open_websockets, "closing", (1001, "server shutting down"))
 
     def app(environ, start_response):
         websocket = environ[ENVIRON_KEY]

@@ -11,6 +11,7 @@ urlpatterns = [
     path("database-connection/", views.database_connection),
     path("refuse/", views.refuse),
     path("fail/", views.fail),
+    path("fail-before-accepting/", views.fail_before_accepting),
     path("queue/", views.queue),
     path("close/", views.close),
     path("greenlet-send/", views.greenlet_send),

@@ -70,6 +70,11 @@ def fail(request):
 
 
 @require_websocket
+def fail_before_accepting(request):
+    raise RuntimeError("the view failed before accepting")
+
+
+@require_websocket
 def queue(request):
     """Report what read(), count_messages() and has_messages() see."""
     websocket = request.websocket

@@ -15,8 +15,7 @@ import logging
 import socket as stdlib_socket
 
 from django.apps import apps
-from gevent import monkey, pywsgi
-from gevent import socket
+from gevent import monkey, pywsgi, socket
 
 from django_websocket.worker import WebSocketHandler
 
