@@ -23,9 +23,9 @@ import gevent
 
 from . import protocol as engine
 from .exceptions import ConnectionClosed
-from .states import OPEN, _open_websockets
+from .states import OPEN, open_websockets
 
-__all__ = ["Keepalive"]
+__all__ = ["Keepalive", "start_keepalive"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _INT = bytes(_INT_STRUCT.size)
 _keepalive: gevent.Greenlet | None = None
 
 
-def _start_keepalive() -> None:
+def start_keepalive() -> None:
     """Start this process's keepalive greenlet, once (again after a fork)."""
     global _keepalive
     if _keepalive is None or _keepalive.dead:
@@ -51,7 +51,7 @@ def _keepalive_loop() -> None:
     # last connection.
     while True:
         now = time.monotonic()
-        ticks = [websocket._check_alive(now) for websocket in list(_open_websockets)]
+        ticks = [websocket._check_alive(now) for websocket in list(open_websockets)]
         if not ticks:
             return
         gevent.sleep(min(ticks))

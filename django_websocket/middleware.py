@@ -50,7 +50,7 @@ def attach(request: HttpRequest) -> WebSocket | None:
     if websocket is not None and websocket.state is CONNECTING:
         # Joined when the handshake is accepted, for the user that the
         # request has then: a view may authenticate by other means.
-        websocket._default_groups = partial(_default_groups, request)
+        websocket.join_when_accepted(partial(_default_groups, request))
     return websocket
 
 

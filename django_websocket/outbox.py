@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from itertools import islice
+from typing import Callable, Iterable
 
 import gevent
 
@@ -54,9 +55,20 @@ class Outbox:
             self._groups = {}
         self._groups[group] = forward
         if self._joined:
-            from .broadcast import _join
+            from .broadcast import join
 
-            _join(self, group, forward)
+            join(self, group, forward)
+
+    def join_when_accepted(self, groups: Callable[[], Iterable[str]]) -> None:
+        """
+        Join the groups that ``groups()`` returns when the handshake is accepted.
+
+        The middleware hands over the broadcast group and the user's this
+        way: ``groups`` is called once, as the handshake is accepted, so
+        that it sees the user the request has by then.
+
+        """
+        self._default_groups = groups
 
     def _join_groups(self) -> None:
         # The handshake is being accepted: subscriptions take effect, before
@@ -71,24 +83,24 @@ class Outbox:
                     self._groups = {}
                 self._groups.setdefault(group, True)
         if self._groups:
-            from .broadcast import _join
+            from .broadcast import join
 
             for group, forward in list(self._groups.items()):
-                _join(self, group, forward)
+                join(self, group, forward)
 
     def _leave_groups(self) -> None:
         # The connection is closed: leave every group.
         groups, self._groups = self._groups, None
         if groups:
-            from .broadcast import _leave
+            from .broadcast import leave
 
             for group in groups:
-                _leave(self, group)
+                leave(self, group)
         if self._flusher_waits_for_view:
             # The flusher waits for room in the view's inbox: no one reads it now.
             gevent.kill(self._flusher)
 
-    def _deliver(self, frame: bytes) -> None:
+    def deliver_frame(self, frame: bytes) -> None:
         """
         Give a group message's frame to the client, without waiting.
 
@@ -110,8 +122,13 @@ class Outbox:
             self._outbox_size += len(rest)
             self._flusher = gevent.spawn_raw(self._flush)
 
-    def _deliver_to_view(self, message, size: int) -> None:
-        """Give a group message to the view, like :meth:`_deliver`; ``size`` is its payload's."""
+    def deliver_to_view(self, message, size: int) -> None:
+        """
+        Give a group message to the view, as :meth:`deliver_frame` does to the client.
+
+        ``size`` is the size of its payload, in bytes.
+
+        """
         if self._sent_close is not None or self.state is not OPEN or self._ended:
             return
         if not self._outbox and self._flusher is None and len(self._inbox) < self.max_queue:

@@ -3,8 +3,10 @@ The RFC 6455 frame engine, server side, without I/O.
 
 :class:`Parser` turns the bytes a client sends into events: complete
 messages (:class:`str` for text, :class:`bytes` for binary), :class:`Ping`,
-:class:`Pong`, :class:`Close`, and :class:`~django_websocket.exceptions.ProtocolError`
-when the client breaks the protocol. :func:`encode_frame` and
+:class:`Pong`, :class:`Close`, and :class:`Failure` when the client breaks
+the protocol. Within this module, a rule broken raises
+:class:`~django_websocket.exceptions.ProtocolError`, which the parser turns
+into a :class:`Failure`: it never raises for what a client sends. :func:`encode_frame` and
 :func:`encode_close` build the frames the server sends.
 
 The parser streams: it unmasks, validates UTF-8 and inflates payloads as their
@@ -42,6 +44,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Close",
+    "Failure",
     "Parser",
     "encode_frame",
     "encode_message",
@@ -65,7 +68,9 @@ CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
 # Close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); 1005,
 # 1006 and 1015 are reserved for reporting and never appear in a frame.
-_SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+_SENDABLE_CODES = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+)
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from
@@ -123,6 +128,25 @@ class Close:
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
+
+
+class Failure:
+    """
+    The client broke the protocol: fail the connection with :attr:`code`.
+
+    :attr:`reason` says what the client did wrong, for the logs and the
+    close frame.
+
+    """
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<Failure {self.code}: {self.reason}>"
 
 
 def check_close_code(code: int) -> bool:
@@ -207,7 +231,7 @@ class Parser:
     keeping the rest of ``data`` unparsed (and uninflated) in
     :attr:`backlog` until :meth:`feed` is called again.
 
-    After a :class:`Close` or a :class:`ProtocolError`, the parser yields
+    After a :class:`Close` or a :class:`Failure`, the parser yields
     nothing but the client's close frame, so that the closing handshake can
     still complete cleanly.
 
@@ -565,7 +589,7 @@ class Parser:
     def _fail(self, exc: ProtocolError, events: list) -> None:
         # Report the error, drop the message in progress, and from now on
         # parse frames only to find the client's close frame.
-        events.append(exc)
+        events.append(Failure(exc.code, exc.reason))
         self.failed = True
         self._message_opcode = None
         self._compressed = False

@@ -22,7 +22,7 @@ from gevent import getcurrent
 from gevent.hub import Waiter, get_hub
 
 from . import protocol as engine
-from .exceptions import ProtocolError
+from .sockets import with_timeout
 from .states import CLOSED
 
 __all__ = ["Reader"]
@@ -74,18 +74,13 @@ class Reader:
         if self._reader is None or self._paused:
             return
         sock = self._sock
-        # A read that would block must fail instead: the hub cannot wait.
-        # No other greenlet runs before the timeout is restored.
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
         try:
-            data = sock.recv(RECV_SIZE)
+            # A read that would block must fail instead: the hub cannot wait.
+            data = with_timeout(sock, 0.0, sock.recv, RECV_SIZE)
         except _WOULD_BLOCK:
             return
         except OSError:
             data = b""
-        finally:
-            sock.settimeout(timeout)
         if not data:
             self._stop_reading()
             if not self._parser.closed:
@@ -133,7 +128,7 @@ class Reader:
             elif kind is engine.Ping:
                 if self._sent_close is None:
                     self._send_control(engine.encode_frame(engine.OP_PONG, event.payload))
-            elif kind is engine.Close or kind is ProtocolError:
+            elif kind is engine.Close or kind is engine.Failure:
                 # The parser's last events: a protocol error, a close frame, or both.
                 endings = [event] if endings is None else [*endings, event]
         parser = self._parser

@@ -34,10 +34,11 @@ from gevent.lock import Semaphore
 from . import handshake as handshake_module
 from . import protocol as engine
 from .exceptions import ConnectionClosed, InvalidState
-from .keepalive import Keepalive, _start_keepalive
+from .keepalive import Keepalive, start_keepalive
 from .outbox import Outbox
 from .reader import _WOULD_BLOCK, Reader
-from .states import CLOSED, CONNECTING, OPEN, _open_websockets
+from .sockets import with_timeout
+from .states import CLOSED, CONNECTING, OPEN, open_websockets
 
 __all__ = ["WebSocket", "Message", "close_all"]
 
@@ -56,7 +57,7 @@ def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
     Used by the worker on graceful shutdown.
 
     """
-    for websocket in list(_open_websockets):
+    for websocket in list(open_websockets):
         gevent.spawn(websocket.close, code, reason)
 
 
@@ -128,7 +129,8 @@ class WebSocket(Reader, Outbox, Keepalive):
         self._ping_sent: float | None = None
         # True when a stock gevent-websocket handler answered the handshake.
         self.adopted = False
-        #: ``"CONNECTING"``, ``"OPEN"`` or ``"CLOSED"``.
+        #: A :class:`~django_websocket.states.State`: ``"CONNECTING"``,
+        #: ``"OPEN"`` or ``"CLOSED"``.
         self.state = CONNECTING
         #: The subprotocol of the connection, or :obj:`None`. Before the
         #: handshake is accepted, the one it will answer with: the
@@ -233,15 +235,15 @@ class WebSocket(Reader, Outbox, Keepalive):
         self.state = OPEN
         self._parser = engine.Parser(self.max_message_size, self._deflate)
         self._last_received = time.monotonic()
-        _open_websockets.add(self)
+        open_websockets.add(self)
         if self.ping_interval is not None:
-            _start_keepalive()
+            start_keepalive()
         self._start_reading()
         self._join_groups()
-        if _open_websockets.closing is not None:
+        if open_websockets.closing is not None:
             # Accepted after the worker began to stop, and close_all():
             # closed as the others were.
-            gevent.spawn(self.close, *_open_websockets.closing)
+            gevent.spawn(self.close, *open_websockets.closing)
 
     def _ensure_accepted(self) -> None:
         if self.state is CONNECTING:
@@ -390,18 +392,14 @@ class WebSocket(Reader, Outbox, Keepalive):
                 return sock.send(data, 0, timeout=0.0)
             except BlockingIOError:
                 return 0
-        # gevent's TLS sockets ignore send()'s timeout and wait unless their
-        # own is 0. No other greenlet runs before it is restored.
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
         try:
-            return sock.send(data)
+            # gevent's TLS sockets ignore send()'s timeout and wait unless
+            # their own is 0.
+            return with_timeout(sock, 0.0, sock.send, data)
         except _WOULD_BLOCK:
             # The same bytes must be written next: the caller keeps them
             # first in line.
             return 0
-        finally:
-            sock.settimeout(timeout)
 
     def _start_frame(self, frame: bytes) -> bytes | None:
         """
@@ -577,7 +575,7 @@ class WebSocket(Reader, Outbox, Keepalive):
         if self.state is CLOSED:
             return
         self.state = CLOSED
-        _open_websockets.discard(self)
+        open_websockets.discard(self)
         self._stop_reading()
         self._leave_groups()
         try:
@@ -685,6 +683,6 @@ class WebSocket(Reader, Outbox, Keepalive):
         if groups is None or groups.pop(group, None) is None:
             return
         if self._joined and self.state is not CLOSED:
-            from .broadcast import _leave
+            from .broadcast import leave
 
-            _leave(self, group)
+            leave(self, group)

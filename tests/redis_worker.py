@@ -97,13 +97,13 @@ class Commands:
         whether the registry forgot the group.
 
         """
-        from django_websocket.broadcast import _join
+        from django_websocket.broadcast import join
         from django_websocket.broadcast.base import registry
 
         class Leaked:
             pass
 
-        _join(Leaked(), group, True)
+        join(Leaked(), group, True)
         gc.collect()
         return group not in registry
 

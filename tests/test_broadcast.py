@@ -594,7 +594,7 @@ def test_registry_deliver_encodes_once():
     frames = []
 
     class Member:
-        def _deliver(self, frame):
+        def deliver_frame(self, frame):
             frames.append(frame)
 
     members = [Member() for _ in range(3)]
@@ -770,8 +770,13 @@ def test_no_warning_for_one_worker(monkeypatch, tmp_path):
         ({"GUNICORN_CMD_ARGS": "-w 4"}, None),
         ({"GUNICORN_CMD_ARGS": "--workers=4"}, None),
         ({}, "bind = ':8000'\nworkers = 4\n"),
+        ({}, "import os\nworkers = int(os.environ.get('WEB_CONCURRENCY', 4))\n"),
+        ({"WEB_CONCURRENCY": "4"}, "import os\nworkers = int(os.environ.get('WEB_CONCURRENCY', 2))\n"),
+        ({"GUNICORN_CMD_ARGS": "--workers 4"}, "workers = 2\n"),
+        ({"WEB_CONCURRENCY": "2"}, "workers = '4'\n"),
     ],
-    ids=["WEB_CONCURRENCY", "--workers", "-w", "--workers=", "gunicorn.conf.py"],
+    ids=["WEB_CONCURRENCY", "--workers", "-w", "--workers=", "gunicorn.conf.py",
+         "computed", "computed-from-WEB_CONCURRENCY", "GUNICORN_CMD_ARGS-wins", "file-wins"],
 )
 def test_warning_for_locmem_with_several_workers(monkeypatch, tmp_path, env, config):
     monkeypatch.chdir(tmp_path)
@@ -789,6 +794,35 @@ def test_warning_for_locmem_with_several_workers(monkeypatch, tmp_path, env, con
     assert "django_websocket.W002" in [m.id for m in checks.run_checks()]
     with override_settings(WEBSOCKET_BROADCAST={"BACKEND": REDIS, "LOCATION": "redis://x"}):
         assert check_broadcast() == []
+
+
+def test_workers_of_the_example_gunicorn_conf(monkeypatch, tmp_path):
+    # The example's workers = int(os.environ.get("WEB_CONCURRENCY", 2)),
+    # named by --config as gunicorn would find it.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    config = servers.ROOT / "example" / "gunicorn.conf.py"
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", f"--config {config}")
+    assert configured_workers() == 2
+    assert [warning.id for warning in check_broadcast()] == ["django_websocket.W002"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["import os\nworkers = int(os.environ['PRODUCTION_WORKERS'])\n", "workers = (\n",
+     "workers = 'many'\n"],
+    ids=["fails-here", "syntax-error", "invalid"],
+)
+def test_gunicorn_conf_that_cannot_be_read(monkeypatch, tmp_path, config):
+    # A file meant for production may fail to load in development: the
+    # check does not fail with it, and knows nothing of the workers.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    monkeypatch.delenv("PRODUCTION_WORKERS", raising=False)
+    (tmp_path / "gunicorn.conf.py").write_text(config)
+    assert configured_workers() is None
+    assert check_broadcast() == []
 
 
 # Imports.

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from django_websocket import protocol
 from django_websocket.compression import Deflate
-from django_websocket.exceptions import ProtocolError
 from django_websocket.protocol import (
     OP_BINARY,
     OP_CLOSE,
@@ -26,6 +25,7 @@ from django_websocket.protocol import (
     OP_PONG,
     OP_TEXT,
     Close,
+    Failure,
     Parser,
     Ping,
     Pong,
@@ -99,7 +99,7 @@ def describe(event):
         return ("pong", event.payload)
     if type(event) is Close:
         return ("close", event.code, event.reason)
-    if type(event) is ProtocolError:
+    if type(event) is Failure:
         assert event.reason, "a protocol error says what went wrong"
         return ("error", event.code)
     raise AssertionError(f"unexpected event {event!r}")
@@ -701,7 +701,7 @@ def feed_limited(parser: Parser, data: bytes, max_events: int) -> list:
 # events, never raises, never holds more than its limits allow, and reads
 # back what a client writes however it is fragmented, compressed and cut.
 
-EVENT_TYPES = (str, bytes, Ping, Pong, Close, ProtocolError)
+EVENT_TYPES = (str, bytes, Ping, Pong, Close, Failure)
 
 
 def check_feed(

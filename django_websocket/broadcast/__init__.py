@@ -26,6 +26,7 @@ from .base import (
     BROADCAST_GROUP,
     BaseBackend,
     GroupMessage,
+    Member,
     Message,
     check_group,
     normalize,
@@ -157,12 +158,21 @@ setting_changed.connect(_reset)
 # Called by WebSocket, which knows no Django.
 
 
-def _join(websocket, group: str, forward: bool) -> None:
+def join(member: Member, group: str, forward: bool = True) -> None:
+    """
+    Add ``member`` to ``group`` in this process, and subscribe the process through the backend.
+
+    What :meth:`WebSocket.subscribe() <django_websocket.WebSocket.subscribe>`
+    does once the handshake is accepted. Set ``forward`` to :obj:`False` to
+    have the group's messages handed to the view.
+
+    """
     backend = get_backend()
-    registry.add(websocket, group, forward)
+    registry.add(member, group, forward)
     backend.subscribe(group)
 
 
-def _leave(websocket, group: str) -> None:
-    if registry.discard(websocket, group) and _backend is not None:
+def leave(member: Member, group: str) -> None:
+    """Remove ``member`` from ``group``; unsubscribe the process when it was the last."""
+    if registry.discard(member, group) and _backend is not None:
         _backend.unsubscribe(group)

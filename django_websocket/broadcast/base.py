@@ -19,7 +19,7 @@ import os
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Union
+from typing import Protocol, Union
 
 import gevent
 
@@ -28,6 +28,7 @@ from ..protocol import OP_BINARY, OP_TEXT, check_message, encode_frame
 __all__ = [
     "BaseBackend",
     "GroupMessage",
+    "Member",
     "Registry",
     "registry",
     "check_group",
@@ -124,6 +125,23 @@ class GroupMessage:
     message: Message
 
 
+class Member(Protocol):
+    """
+    What the registry hands a group's messages to: a websocket.
+
+    :class:`~django_websocket.WebSocket` implements it. The process's writer
+    greenlet calls these methods, one message at a time, in the order the
+    messages were published; neither may wait.
+
+    """
+
+    def deliver_frame(self, frame: bytes) -> None:
+        """Send ``frame``, a whole unmasked frame, to the client; queue what cannot go at once."""
+
+    def deliver_to_view(self, message: GroupMessage, size: int) -> None:
+        """Give ``message`` to the view (``forward=False``); ``size`` is its payload's, in bytes."""
+
+
 class _Member(weakref.ref):
     """A weak reference to a websocket in a group, that knows the group."""
 
@@ -188,9 +206,12 @@ class Registry:
     def members(self, group: str) -> list:
         """Return the websockets of this process in ``group``."""
         members = self._groups.get(group, {})
-        return [websocket for websocket in map(weakref.ref.__call__, members) if websocket is not None]
+        found = map(weakref.ref.__call__, members)
+        return [websocket for websocket in found if websocket is not None]
 
-    def deliver(self, group: str, opcode: int, payload: bytes, message: Message | None = None) -> int:
+    def deliver(
+        self, group: str, opcode: int, payload: bytes, message: Message | None = None
+    ) -> int:
         """
         Hand a message to every websocket of this process in ``group``; never block.
 
@@ -223,7 +244,7 @@ registry = Registry()
 # was handed out, gives it to each websocket of its group, in the order
 # messages came. It never waits: a websocket writes the frame if its
 # socket takes it at once, or else queues it for a flusher greenlet of its
-# own (see WebSocket._deliver). One greenlet for every connection is much
+# own (see WebSocket.deliver_frame). One greenlet for every connection is much
 # faster than one per connection and per message.
 
 _jobs: list = []  # (group, opcode, payload, message, members)
@@ -268,13 +289,13 @@ def _write() -> None:
                                 # endpoint send any message uncompressed, even
                                 # with permessage-deflate negotiated.
                                 frame = encode_frame(opcode, payload)
-                            websocket._deliver(frame)
+                            websocket.deliver_frame(frame)
                         else:
                             if group_message is None:
                                 if message is None:
                                     message = payload.decode() if opcode == OP_TEXT else payload
                                 group_message = GroupMessage(group, message)
-                            websocket._deliver_to_view(group_message, len(payload))
+                            websocket.deliver_to_view(group_message, len(payload))
                     except Exception:
                         logger.exception("cannot deliver a message of %s to %r", group, websocket)
     finally:
@@ -323,7 +344,12 @@ class BaseBackend:
         """
 
     def unsubscribe(self, group: str) -> None:
-        """Stop receiving ``group``'s messages: no websocket of this process is in it any more. Never blocks."""
+        """
+        Stop receiving ``group``'s messages: no websocket of this process is in it any more.
+
+        Never blocks.
+
+        """
 
     def close(self) -> None:
         """Release connections and greenlets; called when the setting changes."""

@@ -10,7 +10,8 @@ The Redis broadcast backend: pub/sub across worker processes and machines.
     }
 
 A message published to a group goes to the Redis channel ``PREFIX + group``
-as one type byte (``0x01`` text, ``0x02`` binary) followed by the payload.
+as one type byte (``0x01`` text, ``0x02`` binary) followed by the payload
+(see :mod:`django_websocket.broadcast.wire`).
 
 Each worker process has one subscriber connection, opened when a websocket
 of that process first joins a group, and one listener greenlet that reads it
@@ -31,6 +32,7 @@ Valkey, and other servers that speak the Redis protocol, work as Redis does.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import random
@@ -49,7 +51,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import BroadcastError
-from ..protocol import OP_BINARY, OP_TEXT
+from . import wire
 from ._subscriptions import Subscriptions
 from .base import BaseBackend, Message, registry
 
@@ -85,7 +87,15 @@ _SCHEMES = {
 _BATCH_MESSAGES = 32
 _BATCH_BYTES = 64 * 1024
 
-CONNECTING, CONNECTED, DOWN = "CONNECTING", "CONNECTED", "DOWN"
+class _Link(enum.Enum):
+    """Where a process's subscriber connection stands."""
+
+    CONNECTING = "CONNECTING"
+    CONNECTED = "CONNECTED"
+    DOWN = "DOWN"
+
+
+CONNECTING, CONNECTED, DOWN = _Link
 
 # The listener's wait before reconnecting doubles with each failure up to
 # RECONNECT_MAX_DELAY; past this many, 2 ** failures would only grow (and
@@ -249,8 +259,8 @@ class RedisBackend(BaseBackend):
     * ``MAX_CONNECTIONS`` (``64``): publishing connections a process opens
       at most. When they are all busy, :func:`~django_websocket.publish`
       waits for one as long as others keep getting answers within
-      ``SOCKET_TIMEOUT``. A few stay open when idle; more are closed after
-      30 seconds.
+      ``SOCKET_CONNECT_TIMEOUT`` plus ``SOCKET_TIMEOUT``. A few stay open
+      when idle; more are closed after 30 seconds.
     * ``CLIENT_KWARGS`` (``{}``): more arguments for redis-py's connections,
       such as ``{"ssl_ca_certs": "/path/to/ca.pem"}``.
     * ``SENTINEL_KWARGS`` (``{}``): arguments for connections to the
@@ -297,10 +307,7 @@ class RedisBackend(BaseBackend):
     # Publishing.
 
     def publish(self, group: str, message: Message) -> None:
-        if type(message) is str:
-            data = b"\x01" + message.encode()
-        else:
-            data = b"\x02" + message
+        data = wire.encode(message)
         # The websockets of this process get the message now, rather than
         # after a round trip through Redis, when this process is subscribed
         # to the group: the listener then skips the message when it comes
@@ -341,21 +348,31 @@ class RedisBackend(BaseBackend):
         return BroadcastError(f"cannot publish to Redis at {self.display}: {exc}")
 
     def _get_publisher(self):
-        pid = os.getpid()
-        if self._publisher is None or self._publisher_pid != pid:
-            kwargs = self._client_kwargs(subscriber=False)
-            if self.kind == "cluster":
-                # Fail fast: one immediate retry on a broken connection, none
-                # on a timeout. (Creating the client connects.)
-                retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-                self._publisher = self._make_client(kwargs, retry)
-            else:
-                client = self._make_client(kwargs, Retry(NoBackoff(), 0))
-                self._publisher = _Publisher(
-                    client.connection_pool, self.max_connections, self.socket_timeout
-                )
-            self._publisher_pid = pid
-        return self._publisher
+        publisher = self._publisher
+        if publisher is not None and self._publisher_pid == os.getpid():
+            return publisher
+        # Threads that publish at once must share one publisher, and its
+        # bound on connections: only one creates it.
+        with _publisher_lock:
+            pid = os.getpid()
+            if self._publisher is None or self._publisher_pid != pid:
+                self._publisher = self._new_publisher()
+                self._publisher_pid = pid
+            return self._publisher
+
+    def _new_publisher(self):
+        kwargs = self._client_kwargs(subscriber=False)
+        if self.kind == "cluster":
+            # Fail fast: one immediate retry on a broken connection, none
+            # on a timeout. (Creating the client connects.)
+            retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+            return self._make_client(kwargs, retry)
+        client = self._make_client(kwargs, Retry(NoBackoff(), 0))
+        # A publish on a new connection takes its connection, redis-py's
+        # handshake, then the PUBLISH: a healthy Redis frees one within
+        # both timeouts.
+        wait = self.socket_connect_timeout + self.socket_timeout
+        return _Publisher(client.connection_pool, self.max_connections, wait)
 
     def _client_kwargs(self, *, subscriber: bool) -> dict:
         kwargs = {
@@ -378,7 +395,9 @@ class RedisBackend(BaseBackend):
             return redis.Redis.from_url(target["url"], retry=retry, **kwargs)
         kwargs = {**target["kwargs"], **kwargs}
         if self.kind == "sentinel":
-            sentinel = redis.sentinel.Sentinel(target["nodes"], sentinel_kwargs=self._sentinel_kwargs())
+            sentinel = redis.sentinel.Sentinel(
+                target["nodes"], sentinel_kwargs=self._sentinel_kwargs()
+            )
             return sentinel.master_for(target["service"], retry=retry, **kwargs)
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -435,6 +454,19 @@ class RedisBackend(BaseBackend):
             return cluster.get_redis_connection(node).connection_pool.make_connection()
         finally:
             cluster.close()
+
+
+# Held while a process creates a backend's publisher; a new one in a child
+# process, where a thread of the parent may have left it held.
+_publisher_lock = threading.Lock()
+
+
+def _new_publisher_lock() -> None:
+    global _publisher_lock
+    _publisher_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_publisher_lock)
 
 
 class _Publisher:
@@ -499,7 +531,7 @@ class _Publisher:
     # waiting for one and closing idle ones take the lock.
 
     def _acquire(self, new: bool) -> tuple[Any, bool]:
-        """Return an idle connection and :obj:`True`, or a new one and :obj:`False`; wait if need be."""
+        """Return an idle connection and True, or a new one and False; wait if need be."""
         if not new:
             try:
                 return self.idle.pop()[0], True
@@ -522,7 +554,7 @@ class _Publisher:
             raise
 
     def _wait_for_room(self, new: bool) -> Any:
-        """With the lock held: return an idle connection, or count a new one and return :obj:`None`."""
+        """With the lock held: return an idle connection, or count a new one and return None."""
         start = time.monotonic()
         while True:
             if not new and (connection := self._pop_idle(-1)) is not None:
@@ -581,7 +613,7 @@ class _Publisher:
         reaper.start()
 
     def _reap(self) -> None:
-        """Close the idle connections beyond :data:`_MAX_IDLE` that waited :data:`_IDLE_TIME` seconds."""
+        """Close the idle connections beyond :data:`_MAX_IDLE` idle for :data:`_IDLE_TIME` s."""
         now = time.monotonic()
         expired = []
         with self.lock:
@@ -615,7 +647,7 @@ class _Publisher:
 
 class _Subscriber:
     """
-    One process's subscriber connection, its listener greenlet, and the greenlet that writes commands to it.
+    One process's subscriber connection, its listener, and the greenlet that writes commands.
 
     Only the listener reads from the connection and replaces it; only the
     commander writes to it. Which groups to subscribe to or unsubscribe
@@ -723,7 +755,8 @@ class _Subscriber:
             if not commands:
                 continue
             try:
-                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                packed = connection.pack_commands(commands)
+                connection.send_packed_command(packed, check_health=False)
             except (redis.RedisError, OSError) as exc:
                 # The listener finds the connection broken too, reconnects
                 # and subscribes to every group again.
@@ -800,7 +833,7 @@ class _Subscriber:
             logger.debug("cannot connect to Redis at %s: %s", self.backend.display, exc)
 
     def _read(self, connection: Any) -> None:
-        """Read messages and replies until the connection fails; hand each message to the registry."""
+        """Read messages and replies until the connection fails; hand messages to the registry."""
         interval = self.backend.health_check_interval
         prefix = self.backend.prefix.encode()
         skip = len(prefix)
@@ -824,7 +857,8 @@ class _Subscriber:
             kind = response[0]
             if kind == b"message":
                 channel, data = response[1], response[2]
-                if not channel.startswith(prefix) or not data or data[0] not in (OP_TEXT, OP_BINARY):
+                opcode = wire.kind(data)
+                if opcode is None or not channel.startswith(prefix):
                     self._ignore(channel, "not published by django_websocket")
                     continue
                 group = channel[skip:].decode()
@@ -833,14 +867,14 @@ class _Subscriber:
                     continue  # delivered when this process published it
                 payload = data[1:]
                 message = None
-                if data[0] == OP_TEXT:
+                if opcode == wire.TEXT:
                     try:
                         message = payload.decode()
                     except UnicodeDecodeError:
                         self._ignore(channel, "invalid UTF-8 in a text message")
                         continue
                 try:
-                    members = deliver(group, data[0], payload, message)
+                    members = deliver(group, opcode, payload, message)
                 except Exception:
                     logger.exception("cannot deliver a message of the group %s", group)
                 else:
