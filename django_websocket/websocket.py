@@ -339,25 +339,20 @@ class WebSocket(Reader, Outbox, Keepalive):
         # compress under the write lock, so that they go out in the order
         # the compressor saw them (the lock is not FIFO).
         engine.check_message(message)
+        self._write(message, deflate)
+
+    def _write(self, frame: bytes | Message, deflate: engine.Deflate | None = None) -> None:
+        """Write ``frame``; or with ``deflate``, the frame of the message ``frame``, compressed."""
         with self._write_lock:
-            self._check_open()
-            self._write_locked(engine.encode_message(message, deflate))
-
-    def _write(self, frame: bytes) -> None:
-        with self._write_lock:
-            self._check_open()
-            self._write_locked(frame)
-
-    def _check_open(self) -> None:
-        if self._sent_close is not None or self.state is CLOSED:
-            raise self._closed_error()
-
-    def _write_locked(self, frame: bytes) -> None:
-        try:
-            self._sendall(frame)
-        except OSError:
-            self._connection_lost()
-            raise self._closed_error() from None
+            if self._sent_close is not None or self.state is CLOSED:
+                raise self._closed_error()
+            if deflate is not None:
+                frame = engine.encode_message(frame, deflate)
+            try:
+                self._sendall(frame)
+            except OSError:
+                self._connection_lost()
+                raise self._closed_error() from None
 
     def _sendall(self, data: bytes) -> None:
         """
