@@ -292,9 +292,9 @@ class Parser:
 
         Set ``max_events`` to stop once that many events are returned
         (messages, pings...), and ``max_frames`` to stop after that many
-        frames: the
-        bytes after the frame where it stops are kept, unparsed, and parsed
-        first by the next call (``feed()`` with no data resumes).
+        frames: the bytes after the frame where it stops are kept, unparsed,
+        and parsed first by the next call (``feed()`` with no data resumes);
+        :attr:`stopped` tells that it stopped.
 
         """
         events = []
