@@ -13,6 +13,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -630,6 +631,42 @@ def test_backend_is_replaced_when_the_setting_changes():
     assert other.closed
     assert get_backend() is not backend  # built again
     assert isinstance(get_backend(), LocMemBackend)
+
+
+class SlowBackend(BaseBackend):
+    """A backend that takes a while to create, as a thread may be preempted meanwhile."""
+
+    created = 0
+
+    def __init__(self, location, options):
+        super().__init__(location, options)
+        type(self).created += 1
+        time.sleep(0.01)
+
+    def publish(self, group, message):
+        pass
+
+
+def test_threads_that_publish_at_once_share_one_backend():
+    # A management command or a Celery task publishing from 20 threads: one
+    # backend, so that its bounds (Redis's MAX_CONNECTIONS) hold for all.
+    SlowBackend.created = 0
+    config = {"BACKEND": "tests.test_broadcast.SlowBackend"}
+    with override_settings(WEBSOCKET_BROADCAST=config):
+        barrier = threading.Barrier(20)
+        backends = []
+
+        def get():
+            barrier.wait()
+            backends.append(get_backend())
+
+        threads = [threading.Thread(target=get) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert SlowBackend.created == 1
+    assert len({id(backend) for backend in backends}) == 1
 
 
 def test_groups_are_subscribed_again_with_a_new_backend(pairs):

@@ -17,6 +17,9 @@ machines. It is created on first use and replaced when the setting changes.
 
 from __future__ import annotations
 
+import os
+import threading
+
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
@@ -37,6 +40,16 @@ from .base import (
 __all__ = ["publish", "send_to_user", "broadcast", "get_backend", "GroupMessage"]
 
 _backend: BaseBackend | None = None
+_creating = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A thread of the parent may have held it: the child starts afresh.
+    global _creating
+    _creating = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def publish(group: str, message: Message | bytearray | memoryview) -> None:
@@ -113,11 +126,18 @@ def get_backend() -> BaseBackend:
     """
     global _backend
     backend = _backend
-    if backend is None:
+    if backend is not None:
+        return backend
+    # Threads that publish at once (a management command, a Celery worker)
+    # must share one backend, and its bound on connections: one creates it.
+    # (Creating a backend does no I/O: the lock is never held across a wait.)
+    with _creating:
+        if _backend is not None:
+            return _backend
         backend = _backend = _create_backend()
-        # Websockets that joined groups under a previous configuration.
-        for group in registry.groups():
-            backend.subscribe(group)
+    # Websockets that joined groups under a previous configuration.
+    for group in registry.groups():
+        backend.subscribe(group)
     return backend
 
 

@@ -349,16 +349,21 @@ class RedisBackend(BaseBackend):
 
     def _get_publisher(self):
         publisher = self._publisher
-        if publisher is not None and self._publisher_pid == os.getpid():
+        pid = os.getpid()
+        if publisher is not None and self._publisher_pid == pid:
             return publisher
         # Threads that publish at once must share one publisher, and its
-        # bound on connections: only one creates it.
+        # bound on connections: the first one made is kept. (Made out of the
+        # lock: a cluster's client connects, and a lock held across a wait
+        # would block a thread's other greenlets.)
+        publisher = self._new_publisher()
         with _publisher_lock:
-            pid = os.getpid()
             if self._publisher is None or self._publisher_pid != pid:
-                self._publisher = self._new_publisher()
-                self._publisher_pid = pid
-            return self._publisher
+                self._publisher, self._publisher_pid = publisher, pid
+                return publisher
+            kept = self._publisher
+        publisher.close()
+        return kept
 
     def _new_publisher(self):
         kwargs = self._client_kwargs(subscriber=False)
