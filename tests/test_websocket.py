@@ -967,7 +967,8 @@ def test_a_pong_behind_a_full_inbox_does_not_fail_the_keepalive(pairs):
             received = client.read_frame()
             if received.opcode == OP_CLOSE:
                 break
-    assert websocket.close_code is None or websocket.closed
+    assert received.payload == (1011).to_bytes(2, "big") + b"keepalive ping timeout"
+    assert websocket.closed
 
 
 # TLS: gevent's SSL sockets, where a write that would block must not wait in the hub.

@@ -130,7 +130,7 @@ def get_backend() -> BaseBackend:
         return backend
     # Threads that publish at once (a management command, a Celery worker)
     # must share one backend, and its bound on connections: one creates it.
-    # (Creating a backend does no I/O: the lock is never held across a wait.)
+    # (Our backends do no I/O when created: the lock is not held across a wait.)
     with _creating:
         if _backend is not None:
             return _backend
