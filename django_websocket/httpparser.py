@@ -101,7 +101,7 @@ def read_headers(
     ``HTTP_SEC_WEBSOCKET_KEY``, ``Content-Type`` and ``Content-Length``
     become ``CONTENT_TYPE`` and ``CONTENT_LENGTH``. Values are decoded as
     latin-1 (PEP 3333) and stripped; repeated headers are joined with
-    ``","`` (``"; "`` for cookies), as in wsgiref and pywsgi. A header
+    ``","`` (``"; "`` for cookies, skipping empty ones), as in wsgiref and pywsgi. A header
     whose name has an underscore is dropped, as nginx and Django's
     runserver do: it would share its environ key with the hyphenated name
     (``X_Forwarded_For`` would pass for ``X-Forwarded-For``, which a proxy
@@ -142,9 +142,11 @@ def read_headers(
         value = value.strip(" \t\r\n")
         if _CONTROL.search(value):
             raise BadRequest(f"Invalid character in the value of {name[:100]!r}")
-        if key in headers:
-            separator = "; " if key == "HTTP_COOKIE" else ","
-            headers[key] += separator + value
+        if key == "HTTP_COOKIE" and key in headers:
+            # One cookie string (RFC 6265 section 5.4); an empty header adds no pair.
+            headers[key] = "; ".join(filter(None, (headers[key], value)))
+        elif key in headers:
+            headers[key] += "," + value
         else:
             headers[key] = value
     raise BadRequest(f"More than {max_headers} header lines.")

@@ -226,6 +226,12 @@ def test_repeated_cookies_are_joined_with_semicolons():
     }
 
 
+def test_empty_cookie_headers_add_no_separator():
+    assert headers_of(b"Cookie:", b"Cookie: a=1", b"Cookie:", b"Cookie: b=2", b"Cookie: ") == {
+        "HTTP_COOKIE": "a=1; b=2"
+    }
+
+
 # Names with an underscore are dropped: X_Forwarded_For would pass for X-Forwarded-For.
 
 
