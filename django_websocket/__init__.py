@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from .websocket import WebSocket
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     try:
         submodule = _SUBMODULES[name]
     except KeyError:
@@ -91,7 +91,7 @@ class _Package(types.ModuleType):
     # the package's attribute of that name to the module. Keep the function
     # there instead, so that "from django_websocket import broadcast" gives
     # the function whatever was imported first.
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name == "broadcast" and isinstance(value, types.ModuleType):
             value = value.broadcast
         super().__setattr__(name, value)

@@ -6,8 +6,9 @@ import importlib
 import logging
 import os
 import runpy
+from typing import Any, Sequence
 
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -18,7 +19,9 @@ __all__ = ["check_settings", "check_installed_apps", "check_broadcast", "configu
 logger = logging.getLogger(__name__)
 
 
-def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """Report ``WEBSOCKET_*`` settings with invalid values."""
     try:
         settings.load()
@@ -27,7 +30,9 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     return []
 
 
-def check_installed_apps(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def check_installed_apps(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """Warn when another app's runserver command shadows ours."""
     names = [config.name for config in apps.get_app_configs()]
     if "django.contrib.staticfiles" in names and "django_websocket" in names:
@@ -43,33 +48,60 @@ def check_installed_apps(app_configs=None, **kwargs) -> list[checks.CheckMessage
     return []
 
 
-def check_broadcast(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def check_broadcast(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """Report a broadcast backend that cannot be created, or that cannot reach every worker."""
-    from .broadcast import _create_backend
+    from .broadcast import create_backend
 
     try:
-        config = settings.BROADCAST
+        settings.BROADCAST  # read, hence validated
     except ImproperlyConfigured:
         return []  # reported by check_settings
     try:
-        backend = _create_backend()
+        backend = create_backend()
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), id="django_websocket.E002")]
     backend.close()
-    workers = configured_workers()
-    if config["BACKEND"] == DEFAULTS["BROADCAST"]["BACKEND"] and workers and workers > 1:
-        return [
-            checks.Warning(
-                f"gunicorn is configured with {workers} workers, but WEBSOCKET_BROADCAST "
-                "uses the in-memory backend: publish(), send_to_user() and broadcast() "
-                "reach only the websockets of the worker that calls them.",
-                hint="Use the Redis backend: WEBSOCKET_BROADCAST = {'BACKEND': "
-                "'django_websocket.broadcast.redis.RedisBackend', 'LOCATION': "
-                "'redis://127.0.0.1:6379/0'}.",
-                id="django_websocket.W002",
-            )
-        ]
-    return []
+    warning = in_memory_broadcast_warning(configured_workers())
+    return [] if warning is None else [warning]
+
+
+def in_memory_broadcast_warning(
+    workers: int | None, *, running: bool = False
+) -> checks.Warning | None:
+    """
+    Return the warning ``django_websocket.W002``, if it applies, else :obj:`None`.
+
+    It applies when :data:`WEBSOCKET_BROADCAST` names the in-memory backend
+    and gunicorn has more than one worker: what one worker publishes reaches
+    only its own websockets. ``workers`` is how many workers gunicorn is
+    configured with, as :func:`configured_workers` tells (:obj:`None` if
+    unknown), for the system check; set ``running`` to :obj:`True` when they
+    are the workers that run, for the warning that the gunicorn worker logs
+    when it starts. A :data:`WEBSOCKET_BROADCAST` that is not valid, or no
+    Django settings at all, give :obj:`None`: :func:`check_settings`
+    reports the former.
+
+    """
+    if workers is None or workers <= 1:
+        return None
+    try:
+        backend = settings.BROADCAST["BACKEND"]
+    except ImproperlyConfigured:
+        return None
+    if backend != DEFAULTS["BROADCAST"]["BACKEND"]:
+        return None
+    how = "runs" if running else "is configured with"
+    return checks.Warning(
+        f"gunicorn {how} {workers} workers, but WEBSOCKET_BROADCAST uses the in-memory "
+        "backend: publish(), send_to_user() and broadcast() reach only the websockets of "
+        "the worker that calls them.",
+        hint="Use the Redis backend: WEBSOCKET_BROADCAST = {'BACKEND': "
+        "'django_websocket.broadcast.redis.RedisBackend', 'LOCATION': "
+        "'redis://127.0.0.1:6379/0'}.",
+        id="django_websocket.W002",
+    )
 
 
 def configured_workers() -> int | None:
@@ -119,7 +151,7 @@ def configured_workers() -> int | None:
     return workers
 
 
-def _load_gunicorn_config(location: str) -> dict:
+def _load_gunicorn_config(location: str) -> dict[str, Any]:
     # As gunicorn.app.base.Application.load_config_from_module_name_or_filename()
     # does, but raising instead of printing and exiting.
     if location.startswith("python:"):

@@ -59,8 +59,8 @@ class Deflate:
         self.server_window_bits = server_window_bits
         self.client_window_bits = client_window_bits
         self.min_size = min_size
-        self._compressor = None
-        self._decompressor = None
+        self._compressor: zlib._Compress | None = None
+        self._decompressor: zlib._Decompress | None = None
         self._after_end = 0  # bytes of the message after the end of its DEFLATE stream
 
     # Receiving.
@@ -124,11 +124,12 @@ class Deflate:
 
     def compress(self, data: bytes) -> bytes:
         """Deflate a whole message, without the tail RFC 7692 removes."""
-        if self._compressor is None:
-            self._compressor = zlib.compressobj(
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = zlib.compressobj(
                 zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.server_window_bits, MEM_LEVEL
             )
-        compressed = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        compressed = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         if self.server_no_context_takeover:
             self._compressor = None
         return compressed[:-4] if compressed.endswith(_TAIL) else compressed
@@ -142,18 +143,17 @@ def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]
     order. Quoted values are unquoted.
 
     """
-    offers = []
+    offers: list[tuple[str, list[tuple[str, str | None]]]] = []
     for item in header.split(","):
         parts = [part.strip() for part in item.split(";")]
         if not parts[0]:
             continue
-        parameters = []
+        parameters: list[tuple[str, str | None]] = []
         for part in parts[1:]:
             if not part:
                 continue
-            name, _, value = part.partition("=")
-            value = value.strip().strip('"') if _ else None
-            parameters.append((name.strip().lower(), value))
+            name, equals, value = part.partition("=")
+            parameters.append((name.strip().lower(), value.strip().strip('"') if equals else None))
         offers.append((parts[0].lower(), parameters))
     return offers
 

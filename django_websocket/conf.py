@@ -9,6 +9,8 @@ on first use, checked, and reloaded when a test changes them with
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
@@ -16,8 +18,32 @@ __all__ = ["settings", "DEFAULTS"]
 
 MiB = 1024 * 1024
 
+
+class BroadcastConfig(TypedDict):
+    """:data:`WEBSOCKET_BROADCAST`, once checked: every key is there."""
+
+    BACKEND: str
+    LOCATION: str
+    OPTIONS: dict[str, Any]  # the backend's own, checked by the backend
+
+
+class _Defaults(TypedDict):
+    ACCEPT_ALL: bool
+    ALLOWED_ORIGINS: tuple[str, ...]
+    MAX_MESSAGE_SIZE: int | None
+    MAX_QUEUE: int
+    CLOSE_TIMEOUT: float
+    COMPRESSION: bool
+    PING_INTERVAL: float | None
+    PING_TIMEOUT: float | None
+    SEND_TIMEOUT: float | None
+    HANDSHAKE_TIMEOUT: float
+    MAX_SEND_QUEUE: int | None
+    BROADCAST: BroadcastConfig
+
+
 #: Every setting with its default value, without the ``WEBSOCKET_`` prefix.
-DEFAULTS = {
+DEFAULTS: _Defaults = {
     "ACCEPT_ALL": False,
     "ALLOWED_ORIGINS": (),
     "MAX_MESSAGE_SIZE": MiB,
@@ -37,7 +63,9 @@ DEFAULTS = {
 }
 
 
-def _positive_number(name: str, value, *, integer: bool = False, none: bool = False):
+def _positive_number(
+    name: str, value: object, *, integer: bool = False, none: bool = False
+) -> float | None:
     if value is None and none:
         return value
     kind = int if integer else (int, float)
@@ -49,7 +77,7 @@ def _positive_number(name: str, value, *, integer: bool = False, none: bool = Fa
     return value
 
 
-def _validate(name: str, value):
+def _validate(name: str, value: object) -> object:
     if name in ("ACCEPT_ALL", "COMPRESSION"):
         if not isinstance(value, bool):
             raise ImproperlyConfigured(f"WEBSOCKET_{name} must be True or False; got {value!r}.")
@@ -75,7 +103,7 @@ def _validate(name: str, value):
     return value
 
 
-def _broadcast(value) -> dict:
+def _broadcast(value: object) -> BroadcastConfig:
     """Check the shape of WEBSOCKET_BROADCAST; the backend checks LOCATION and OPTIONS."""
     example = (
         'such as {"BACKEND": "django_websocket.broadcast.redis.RedisBackend", '
@@ -114,7 +142,21 @@ def _broadcast(value) -> dict:
 class Settings:
     """The ``WEBSOCKET_*`` settings, as attributes without the prefix."""
 
-    def __getattr__(self, name: str):
+    # The types that load() checks (as in _Defaults); the values are set on first access.
+    ACCEPT_ALL: bool
+    ALLOWED_ORIGINS: tuple[str, ...]
+    MAX_MESSAGE_SIZE: int | None
+    MAX_QUEUE: int
+    CLOSE_TIMEOUT: float
+    COMPRESSION: bool
+    PING_INTERVAL: float | None
+    PING_TIMEOUT: float | None
+    SEND_TIMEOUT: float | None
+    HANDSHAKE_TIMEOUT: float
+    MAX_SEND_QUEUE: int | None
+    BROADCAST: BroadcastConfig
+
+    def __getattr__(self, name: str) -> object:
         # Only called for attributes not loaded yet.
         if name not in DEFAULTS:
             raise AttributeError(name)
@@ -146,6 +188,6 @@ class Settings:
 settings = Settings()
 
 
-def reload(*, setting: str, **kwargs) -> None:
+def reload(*, setting: str, **kwargs: object) -> None:
     if setting.startswith("WEBSOCKET_"):
         settings.reset()

@@ -10,16 +10,36 @@ and check each request before the view runs, so they work with and without
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, Protocol, cast, overload
 
 from asgiref.sync import iscoroutinefunction
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from .middleware import Options, serve
 
 __all__ = ["accept_websocket", "require_websocket"]
 
+# The decorated view takes the view's arguments, and returns a response for
+# urls.path(): serve() turns a websocket view's None into one, and Django
+# refuses a None that a view returns to a plain HTTP request.
+_P = ParamSpec("_P")
+_View = Callable[_P, "HttpResponseBase | None"]
+_Decorated = Callable[_P, HttpResponseBase]
 
-class _AllDatabases(set):
+
+class _MarkedView(Protocol):
+    # What _decorate() returns: a view with the attributes it sets.
+    websocket_options: Options
+    _non_atomic_requests: set[str]
+
+    def __call__(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase | None: ...
+
+
+class _AllDatabases(set[str]):
     """
     Every database alias, as far as Django's make_view_atomic() asks.
 
@@ -28,11 +48,23 @@ class _AllDatabases(set):
 
     """
 
-    def __contains__(self, alias) -> bool:
+    def __contains__(self, alias: object) -> bool:
         return True
 
 
-def accept_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
+@overload
+def accept_websocket(view: _View[_P], *, protocols: Iterable[str] = ()) -> _Decorated[_P]: ...
+
+
+@overload
+def accept_websocket(
+    view: None = None, *, protocols: Iterable[str] = ()
+) -> Callable[[_View[_P]], _Decorated[_P]]: ...
+
+
+def accept_websocket(
+    view: _View[_P] | None = None, *, protocols: Iterable[str] = ()
+) -> _Decorated[_P] | Callable[[_View[_P]], _Decorated[_P]]:
     """
     Let a view accept websockets as well as plain HTTP requests.
 
@@ -69,7 +101,19 @@ def accept_websocket(view: Callable | None = None, *, protocols: Iterable[str] =
     return _decorate(accept_websocket, view, options)
 
 
-def require_websocket(view: Callable | None = None, *, protocols: Iterable[str] = ()):
+@overload
+def require_websocket(view: _View[_P], *, protocols: Iterable[str] = ()) -> _Decorated[_P]: ...
+
+
+@overload
+def require_websocket(
+    view: None = None, *, protocols: Iterable[str] = ()
+) -> Callable[[_View[_P]], _Decorated[_P]]: ...
+
+
+def require_websocket(
+    view: _View[_P] | None = None, *, protocols: Iterable[str] = ()
+) -> _Decorated[_P] | Callable[[_View[_P]], _Decorated[_P]]:
     """
     Let a view accept websockets only; a plain HTTP request gets 400.
 
@@ -99,7 +143,9 @@ def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
     return tuple(protocols)
 
 
-def _decorate(decorator: Callable, view: Callable, options: Options) -> Callable:
+def _decorate(
+    decorator: Callable[..., object], view: _View[_P], options: Options
+) -> _Decorated[_P]:
     if iscoroutinefunction(view):
         # Django would call it and get a coroutine that nothing awaits: a 500
         # at every handshake, far from the cause.
@@ -110,11 +156,12 @@ def _decorate(decorator: Callable, view: Callable, options: Options) -> Callable
             f"Define it with 'def' instead of 'async def'."
         )
     @functools.wraps(view)
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase | None:
         # The aliases that @non_atomic_requests added above the decorator.
-        return serve(request, view, args, kwargs, options, wrapper._non_atomic_requests)
+        return serve(request, view, args, kwargs, options, marked._non_atomic_requests)
 
-    wrapper.websocket_options = options
+    marked = cast(_MarkedView, wrapper)  # the same function, with its attributes
+    marked.websocket_options = options
     # Django's make_view_atomic() must leave this view to serve().
-    wrapper._non_atomic_requests = _AllDatabases()
-    return wrapper
+    marked._non_atomic_requests = _AllDatabases()
+    return cast("_Decorated[_P]", marked)

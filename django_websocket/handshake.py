@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .exceptions import InvalidHandshake
@@ -51,7 +52,7 @@ def _tokens(value: str) -> list[str]:
     return [token.strip().lower() for token in value.split(",") if token.strip()]
 
 
-def parse(environ: dict) -> Handshake | None:
+def parse(environ: dict[str, Any]) -> Handshake | None:
     """
     Check whether a WSGI request is a websocket upgrade.
 

@@ -68,9 +68,9 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
     words = line.split(" ")
     if len(words) != 3:
         raise BadRequest(f"Invalid request line: {line[:100]!r}")
-    method, target, version = words
+    method, target, given = words
     # The usual method and version strings are shared by every request.
-    version = _VERSIONS.get(version)
+    version = _VERSIONS.get(given)
     if version is None:
         raise BadRequest(f"Unsupported HTTP version: {words[2][:20]!r}")
     method = _METHODS.get(method, method)

@@ -11,19 +11,33 @@ they also work without the middleware.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Protocol, cast
 
 from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+from django.http.response import HttpResponseBase
 
 from . import handshake
 from .broadcast.base import BROADCAST_GROUP, user_group
 from .conf import settings
-from .websocket import CONNECTING, WebSocket
+from .states import CONNECTING
+from .websocket import WebSocket
 
 __all__ = ["WebSocketMiddleware", "Options", "attach", "check", "serve"]
+
+
+# A Django view: a request and the URL's arguments in, a response out (or
+# None from a websocket view; from a plain HTTP request Django refuses it).
+View = Callable[..., "HttpResponseBase | None"]
+
+
+class _Request(HttpRequest):
+    # What attach() adds to a request, for type checkers: Django's has neither.
+    websocket: WebSocket | None
+    is_websocket: Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -36,13 +50,14 @@ class Options:
 
 def attach(request: HttpRequest) -> WebSocket | None:
     """Set ``request.websocket`` and ``request.is_websocket()``, once; return the websocket."""
+    request = cast(_Request, request)
     try:
         return request.websocket
     except AttributeError:
         pass
-    websocket = request.META.get(handshake.ENVIRON_KEY)
+    websocket: WebSocket | None = request.META.get(handshake.ENVIRON_KEY)
     if websocket is None and request.META.get("wsgi.websocket") is not None:
-        from .worker import adopt
+        from .server import adopt
 
         websocket = adopt(request.META)
     request.websocket = websocket
@@ -133,12 +148,12 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
 
 def serve(
     request: HttpRequest,
-    view: Callable,
-    args,
-    kwargs,
+    view: View,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     options: Options,
-    non_atomic: set[str] = frozenset(),
-) -> HttpResponse:
+    non_atomic: Set[str] = frozenset(),
+) -> HttpResponseBase | None:
     """
     Run ``view`` for ``request`` under ``options``.
 
@@ -148,8 +163,8 @@ def serve(
     the databases named in ``non_atomic``.
 
     """
-    response = check(request, options)
-    websocket = request.websocket
+    response: HttpResponseBase | None = check(request, options)
+    websocket = cast(_Request, request).websocket
     if websocket is None:
         return response or _atomic_requests(view, non_atomic)(request, *args, **kwargs)
     try:
@@ -173,7 +188,7 @@ def serve(
     return response
 
 
-def _atomic_requests(view: Callable, non_atomic: set[str]) -> Callable:
+def _atomic_requests(view: View, non_atomic: Set[str]) -> View:
     # What Django's make_view_atomic() does for views it runs itself.
     # django.db is imported here, not at the top: gunicorn imports the worker,
     # hence this module, before gevent patches threading, and Django's
@@ -187,7 +202,18 @@ def _atomic_requests(view: Callable, non_atomic: set[str]) -> Callable:
     return view
 
 
-def WebSocketMiddleware(get_response: Callable[[HttpRequest], HttpResponse]):  # noqa: N802
+class _FunctionMiddleware(Protocol):
+    # A middleware function with Django's process_view hook set on it.
+    process_view: Callable[
+        [HttpRequest, View, tuple[Any, ...], dict[str, Any]], HttpResponseBase | None
+    ]
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase: ...
+
+
+def WebSocketMiddleware(  # noqa: N802
+    get_response: Callable[[HttpRequest], HttpResponseBase],
+) -> _FunctionMiddleware:
     """
     Give requests their websocket and refuse upgrades that views don't accept.
 
@@ -202,15 +228,21 @@ def WebSocketMiddleware(get_response: Callable[[HttpRequest], HttpResponse]):  #
     # middleware above without a C-level call, where it calls an instance
     # through one, and the greenlet of every open websocket keeps a copy of
     # its C stack (measured: 0.8 KiB less per idle websocket).
-    def middleware(request: HttpRequest) -> HttpResponse:
+    def middleware(request: HttpRequest) -> HttpResponseBase:
         attach(request)
         return get_response(request)
 
-    middleware.process_view = _process_view
-    return middleware
+    function = cast(_FunctionMiddleware, middleware)
+    function.process_view = _process_view
+    return function
 
 
-def _process_view(request, view_func, view_args, view_kwargs) -> HttpResponse | None:
+def _process_view(
+    request: HttpRequest,
+    view_func: View,
+    view_args: tuple[Any, ...],
+    view_kwargs: dict[str, Any],
+) -> HttpResponseBase | None:
     if getattr(view_func, "websocket_options", None) is not None:
         return None  # a decorated view: its decorator checks the request
     if attach(request) is None:

@@ -3,11 +3,13 @@ The RFC 6455 frame engine, server side, without I/O.
 
 :class:`Parser` turns the bytes a client sends into events: complete
 messages (:class:`str` for text, :class:`bytes` for binary), :class:`Ping`,
-:class:`Pong`, :class:`Close`, and :class:`Failure` when the client breaks
-the protocol. Within this module, a rule broken raises
-:class:`~django_websocket.exceptions.ProtocolError`, which the parser turns
-into a :class:`Failure`: it never raises for what a client sends. :func:`encode_frame` and
-:func:`encode_close` build the frames the server sends.
+:class:`Close`, and :class:`Failure` when the client breaks the protocol
+(pongs are checked and not reported). Within this module, a rule broken
+raises :class:`~django_websocket.exceptions.ProtocolError`, which the parser
+turns into a :class:`Failure`: it never raises for what a client sends.
+:func:`encode_frame` and :func:`encode_close` build the frames the server
+sends. The rules that span frames (states, the closing handshake) are in
+:mod:`django_websocket.connection`.
 
 The parser streams: it unmasks, validates UTF-8 and inflates payloads as their
 bytes arrive, so invalid text fails the connection as soon as it is seen, a
@@ -23,14 +25,19 @@ from __future__ import annotations
 import codecs
 import struct
 import sys
+from typing import Any, Callable, Union
 
 from .compression import Deflate, negotiate
 from .exceptions import ProtocolError
 
+_Unmask = Callable[[bytes, bytes], bytes]
+
 try:
     # C implementation shipped with the websockets package: about 100 times
     # faster than the fallback below on large payloads.
-    from websockets.speedups import apply_mask
+    from websockets.speedups import apply_mask as _apply_mask
+
+    apply_mask: _Unmask | None = _apply_mask
 except ImportError:  # pragma: no cover - exercised by test_protocol on its own
     apply_mask = None
 
@@ -42,9 +49,9 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "Ping",
-    "Pong",
     "Close",
     "Failure",
+    "Event",
     "Parser",
     "encode_frame",
     "encode_message",
@@ -94,20 +101,11 @@ def _unmask_python(data: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")
 
 
-unmask = apply_mask or _unmask_python
+unmask: _Unmask = apply_mask if apply_mask is not None else _unmask_python
 
 
 class Ping:
     """A ping frame received from the client."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-
-class Pong:
-    """A pong frame received from the client."""
 
     __slots__ = ("payload",)
 
@@ -149,6 +147,11 @@ class Failure:
         return f"<Failure {self.code}: {self.reason}>"
 
 
+#: What :meth:`Parser.feed` returns: messages (:class:`str` for text,
+#: :class:`bytes` for binary), pings, the client's close frame, a failure.
+Event = Union[str, bytes, Ping, Close, Failure]
+
+
 def check_close_code(code: int) -> bool:
     """Tell whether ``code`` may appear in a close frame."""
     return code in _SENDABLE_CODES or 3000 <= code <= 4999
@@ -167,7 +170,7 @@ def encode_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     return header + payload
 
 
-def check_message(message) -> bool:
+def check_message(message: object) -> bool:
     """
     Tell whether ``message`` is text (:obj:`True`) or binary (:obj:`False`).
 
@@ -183,7 +186,9 @@ def check_message(message) -> bool:
     raise TypeError(f"a message is str or a bytes-like object, not {type(message).__name__}")
 
 
-def encode_message(message, deflate: Deflate | None = None) -> bytes:
+def encode_message(
+    message: str | bytes | bytearray | memoryview, deflate: Deflate | None = None
+) -> bytes:
     """
     Build the frame of a message: :class:`str` as text, bytes-like as binary.
 
@@ -194,14 +199,15 @@ def encode_message(message, deflate: Deflate | None = None) -> bytes:
         TypeError: ``message`` is neither text nor bytes-like.
 
     """
-    kind = type(message)
-    if kind is str:
+    data: bytes
+    if type(message) is str:
         opcode, data = OP_TEXT, message.encode()
-    elif kind is bytes:
+    elif type(message) is bytes:
         opcode, data = OP_BINARY, message
+    elif check_message(message):  # a str subclass, such as Django's SafeString
+        opcode, data = OP_TEXT, str.encode(message)  # type: ignore[arg-type]  # a str
     else:
-        opcode, data = OP_TEXT if check_message(message) else OP_BINARY, message
-        data = data.encode() if opcode == OP_TEXT else bytes(data)
+        opcode, data = OP_BINARY, bytes(message)  # type: ignore[arg-type]  # bytes-like
     if deflate is not None and len(data) >= deflate.min_size:
         return encode_frame(opcode, deflate.compress(data), rsv1=True)
     return encode_frame(opcode, data)
@@ -243,7 +249,7 @@ class Parser:
         "_small", "_small_size", "_size", "_wire", "_compressed", "_decoder",
 )
 
-    def __init__(self, max_size: int | None = None, inflater=None) -> None:
+    def __init__(self, max_size: int | None = None, inflater: Deflate | None = None) -> None:
         self.max_size = max_size
         self.inflater = inflater
         # Bytes received and not parsed yet: an incomplete frame header, or
@@ -252,24 +258,26 @@ class Parser:
         self._start = 0
         # The frame whose payload is being read: opcode, bytes still to read,
         # mask, position in the payload (for the mask), fin flag.
-        self._opcode = None
+        self._opcode: int | None = None
         self._remaining = 0
         self._mask = b""
         self._offset = 0
         self._fin = False
-        self._control = []  # payload of a control frame split across reads
+        self._control: list[bytes] = []  # payload of a control frame split across reads
         # The data message being assembled: its parts so far (decoded, for
         # text), parts under _SMALL bytes waiting in _small to be joined
         # into one (so that a million 1-byte fragments take a megabyte, not
         # a million objects), its size once inflated, its size on the wire.
-        self._message_opcode = None
+        self._message_opcode: int | None = None
         self._compressed = False
-        self._parts = []
-        self._small = []
+        # (Parts are str for text, bytes for binary: Any, as their joins
+        # below are typed by the message's opcode, which mypy can't follow.)
+        self._parts: list[Any] = []
+        self._small: list[Any] = []
         self._small_size = 0
         self._size = 0
         self._wire = 0
-        self._decoder = None
+        self._decoder: codecs.IncrementalDecoder | None = None
         # Once failed or closed, only a close frame is reported.
         self.failed = False
         self.closed = False
@@ -286,7 +294,7 @@ class Parser:
 
     def feed(
         self, data: bytes = b"", max_events: int | None = None, max_frames: int | None = None
-    ) -> list:
+    ) -> list[Event]:
         """
         Consume ``data`` and return the events it completes, in order.
 
@@ -297,7 +305,7 @@ class Parser:
         :attr:`stopped` tells that it stopped.
 
         """
-        events = []
+        events: list[Event] = []
         buffer = self._buffer
         if buffer:
             position = self._start
@@ -339,7 +347,7 @@ class Parser:
                 position = self._read_payload(data, position, end, events)
         return events
 
-    def _read_whole_frame(self, data, position: int, end: int, events: list) -> int:
+    def _read_whole_frame(self, data: bytes, position: int, end: int, events: list[Event]) -> int:
         """
         Parse an uncompressed, unfragmented, masked message under 64 KiB that
         is all in ``data``: the common case, without per-chunk bookkeeping.
@@ -371,7 +379,7 @@ class Parser:
                 return 0
         return stop
 
-    def _read_header(self, data, position: int, end: int, events: list) -> int:
+    def _read_header(self, data: bytes, position: int, end: int, events: list[Event]) -> int:
         """Read a frame header; return where its payload starts, or -1 if it is incomplete."""
         if end - position < 2:
             return -1
@@ -393,7 +401,7 @@ class Parser:
             size = _unpack_Q(data, position + 2)[0]
         opcode = first & 0x0F
         self._opcode = opcode
-        self._fin = first & 0x80
+        self._fin = bool(first & 0x80)
         self._remaining = size
         self._mask = data[start - 4 : start] if second & 0x80 else b""
         self._offset = 0
@@ -445,7 +453,7 @@ class Parser:
         if self.max_size is not None and self._wire > self.max_size:
             raise ProtocolError(1009, f"message over {self.max_size} bytes")
 
-    def _read_payload(self, data, position: int, end: int, events: list) -> int:
+    def _read_payload(self, data: bytes, position: int, end: int, events: list[Event]) -> int:
         count = min(self._remaining, end - position)
         chunk = data[position : position + count]
         if self._mask:
@@ -474,7 +482,7 @@ class Parser:
             self._end_frame(chunk, events)
         return position
 
-    def _end_frame(self, chunk: bytes, events: list) -> None:
+    def _end_frame(self, chunk: bytes, events: list[Event]) -> None:
         opcode = self._opcode
         self._opcode = None
         try:
@@ -485,7 +493,7 @@ class Parser:
             elif opcode == OP_PING:
                 events.append(Ping(chunk))
             elif opcode == OP_PONG:
-                events.append(Pong(chunk))
+                return  # any data answers a keepalive ping: nothing to report
             else:
                 self._add_data(chunk)
                 if self._fin:
@@ -501,26 +509,27 @@ class Parser:
         self._append(chunk)
 
     def _append(self, chunk: bytes) -> None:
+        part: bytes | str = chunk
         if self._decoder is not None:
             try:
-                chunk = self._decoder.decode(chunk)
+                part = self._decoder.decode(chunk)
             except UnicodeDecodeError:
                 raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
-        if not chunk:
+        if not part:
             return
-        if len(chunk) >= _SMALL:
+        if len(part) >= _SMALL:
             if self._small:
                 self._join_small()
-            self._parts.append(chunk)
+            self._parts.append(part)
             return
         small = self._small
-        small.append(chunk)
-        self._small_size += len(chunk)
+        small.append(part)
+        self._small_size += len(part)
         if self._small_size >= _SMALL:
             self._join_small()
         elif len(small) >= 32:
             # Keep few objects, even for 1-byte parts.
-            self._small = [chunk[:0].join(small)]
+            self._small = [part[:0].join(small)]
 
     def _join_small(self) -> None:
         small = self._small
@@ -530,6 +539,7 @@ class Parser:
 
     def _inflate(self, chunk: bytes) -> bytes:
         limit = 0 if self.max_size is None else self.max_size - self._size + 1
+        assert self.inflater is not None  # a compressed frame was accepted
         data = self.inflater.decompress(chunk, limit)
         self._count_inflated(data)
         return data
@@ -539,9 +549,10 @@ class Parser:
         if self.max_size is not None and self._size > self.max_size:
             raise ProtocolError(1009, f"message over {self.max_size} bytes once decompressed")
 
-    def _end_message(self):
+    def _end_message(self) -> str | bytes:
         if self._compressed:
             limit = 0 if self.max_size is None else self.max_size - self._size + 1
+            assert self.inflater is not None  # a compressed frame was accepted
             tail = self.inflater.end_message(limit)
             self._count_inflated(tail)
             self._append(tail)
@@ -553,6 +564,7 @@ class Parser:
         if self._small:
             self._join_small()
         parts = self._parts
+        message: str | bytes
         if len(parts) == 1:
             message = parts[0]
         elif self._message_opcode == OP_TEXT:
@@ -565,7 +577,7 @@ class Parser:
         self._parts = []
         return message
 
-    def _close(self, payload: bytes, events: list) -> None:
+    def _close(self, payload: bytes, events: list[Event]) -> None:
         self.closed = True
         if len(payload) < 2:
             if len(payload) == 1 and not self.failed:
@@ -586,7 +598,7 @@ class Parser:
             raise ProtocolError(1007, "invalid UTF-8 in a close reason") from None
         events.append(Close(code, reason))
 
-    def _fail(self, exc: ProtocolError, events: list) -> None:
+    def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
         # Report the error, drop the message in progress, and from now on
         # parse frames only to find the client's close frame.
         events.append(Failure(exc.code, exc.reason))

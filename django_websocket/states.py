@@ -1,11 +1,10 @@
 """
 The states of a websocket connection, and the websockets of this process that are open.
 
-The :class:`~django_websocket.websocket.WebSocket` and the mixins it is made
-of (in :mod:`django_websocket.reader`, :mod:`django_websocket.outbox` and
-:mod:`django_websocket.keepalive`) all need them. They live here, where each
-of those modules can import them: the mixins may not import
-:mod:`django_websocket.websocket`, which imports the mixins.
+:class:`State` is public: :attr:`WebSocket.state
+<django_websocket.WebSocket.state>` is one. The connection
+(:mod:`django_websocket.connection`) moves between states; the keepalive
+loop and the worker's shutdown go through :data:`open_websockets`.
 
 """
 
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .websocket import WebSocket
 
-__all__ = ["State", "CONNECTING", "OPEN", "CLOSED", "open_websockets"]
+__all__ = ["State", "CONNECTING", "OPEN", "CLOSING", "CLOSED", "open_websockets"]
 
 
 class State(str, enum.Enum):
@@ -34,6 +33,11 @@ class State(str, enum.Enum):
     CONNECTING = "CONNECTING"
     #: The handshake is accepted; messages go both ways, until a close frame.
     OPEN = "OPEN"
+    #: A close frame was sent or received, or the client broke the protocol:
+    #: the closing handshake is under way. The view still gets the messages
+    #: received before it, and may answer them until the server's close
+    #: frame is sent (see :attr:`WebSocket.closed <django_websocket.WebSocket.closed>`).
+    CLOSING = "CLOSING"
     #: The TCP connection is closed.
     CLOSED = "CLOSED"
 
@@ -45,7 +49,7 @@ class State(str, enum.Enum):
         return format(self.value, spec)
 
 
-CONNECTING, OPEN, CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
+CONNECTING, OPEN, CLOSING, CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
 
 
 class _OpenWebSockets(weakref.WeakSet["WebSocket"]):

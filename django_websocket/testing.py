@@ -26,28 +26,34 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import sys
 from contextlib import contextmanager
-from http.client import parse_headers
+from http.client import HTTPMessage, parse_headers
 from io import BytesIO
-from typing import Iterator, NamedTuple
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 import gevent
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import got_request_exception, request_finished, request_started
 from django.db import close_old_connections, connections
-from django.http import HttpResponse
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.http import HttpResponseBase
 from django.test import Client
 from gevent import pywsgi
 from gevent import socket as gsocket
 from websockets.client import ClientProtocol
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from .exceptions import ConnectionClosed, WebSocketError
 from .handshake import accept_key
-from .worker import WebSocketHandler
+from .server import WebSocketHandler
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = [
     "WebSocketClient",
@@ -74,7 +80,9 @@ class HandshakeRefused(WebSocketError):
 
     """
 
-    def __init__(self, response: HttpResponse, exception: BaseException | None = None) -> None:
+    def __init__(
+        self, response: HttpResponseBase, exception: BaseException | None = None
+    ) -> None:
         self.response = response
         self.exception = exception
         super().__init__(f"the handshake was refused with {response.status_code} "
@@ -95,7 +103,7 @@ class WebSocketClient(Client):
 
     """
 
-    def __init__(self, *args, timeout: float = DEFAULT_TIMEOUT, **kwargs) -> None:
+    def __init__(self, *args: Any, timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timeout = timeout
 
@@ -171,7 +179,7 @@ def _release_connections() -> None:
 class _Server(pywsgi.WSGIServer):
     """The production handler's server, never bound: connections come from socket pairs."""
 
-    def __init__(self, application) -> None:
+    def __init__(self, application: WSGIApplication) -> None:
         super().__init__(("127.0.0.1", 0), application, handler_class=WebSocketHandler,
                          log=None, error_log=None)
         self.environ.update(SERVER_NAME="testserver", SERVER_PORT="80")
@@ -190,20 +198,30 @@ class TestWebSocket:
 
     __test__ = False  # not a test case, whatever pytest thinks of the name
 
-    def __init__(self, client, path, headers, protocols, timeout) -> None:
+    def __init__(
+        self,
+        client: WebSocketClient,
+        path: str,
+        headers: dict[str, str],
+        protocols: list[str],
+        timeout: float,
+    ) -> None:
         self._client = client
         self._path = path
         self._headers = headers
         self._protocols = protocols
         self.timeout = timeout
         self.protocol: str | None = None
-        self.response: HttpResponse | None = None
+        self.response: HttpResponseBase | None = None
         self.exception: BaseException | None = None
-        self._exc_info = None
-        self._sock = None
-        self._server = None
-        self._engine: ClientProtocol | None = None
-        self._messages: list = []
+        self._sock: socket.socket  # the client's end, from _open() on
+        self._server: gevent.Greenlet[..., None] | None = None
+        # Used once the server accepted the handshake.
+        self._engine = ClientProtocol(
+            parse_uri(f"ws://testserver{path}"), state=State.OPEN, max_size=None
+        )
+        self._opened = False
+        self._messages: list[str | bytes] = []
         self._buffer = b""
 
     # Opening.
@@ -212,7 +230,9 @@ class TestWebSocket:
         server_sock, self._sock = gsocket.socketpair()
         handler_app = WSGIHandler()
 
-        def application(environ, start_response):
+        def application(
+            environ: WSGIEnvironment, start_response: StartResponse
+        ) -> Iterable[bytes]:
             response = handler_app(environ, start_response)
             self.response = response
             return response
@@ -227,20 +247,20 @@ class TestWebSocket:
         status, headers = self._read_response_head()
         if status != 101:
             self._join_server()
+            assert self.response is not None  # Django answered
             self._client.cookies.update(self.response.cookies)
-            if self._exc_info is not None and self._client.raise_request_exception:
+            if self.exception is not None and self._client.raise_request_exception:
                 # As Django's test client does: the view's exception, not the 500.
                 raise self.exception
             raise HandshakeRefused(self.response, self.exception)
         if headers.get("Sec-WebSocket-Accept") != accept_key(key):
             raise AssertionError("the server answered with a wrong Sec-WebSocket-Accept")
         self.protocol = headers.get("Sec-WebSocket-Protocol")
-        self._engine = ClientProtocol(parse_uri(f"ws://testserver{self._path}"), state=State.OPEN,
-                                      max_size=None)
+        self._opened = True
         if self._buffer:
             self._feed(self._buffer)
 
-    def _serve(self, handler, shared) -> None:
+    def _serve(self, handler: WebSocketHandler, shared: list[BaseDatabaseWrapper]) -> None:
         # The view runs in this greenlet with the test's database connections,
         # so that it sees what the test wrote in its transaction. Django keeps
         # connections per thread, and once gevent has patched threading (as
@@ -258,9 +278,8 @@ class TestWebSocket:
             got_request_exception.disconnect(self._store_exception)
             _release_connections()
 
-    def _store_exception(self, sender, **kwargs) -> None:
-        self._exc_info = sys.exc_info()
-        self.exception = self._exc_info[1]
+    def _store_exception(self, sender: object, **kwargs: object) -> None:
+        self.exception = sys.exc_info()[1]
 
     def _request(self, key: str) -> bytes:
         lines = [
@@ -276,7 +295,7 @@ class TestWebSocket:
         lines += [f"{name}: {value}" for name, value in self._headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _read_response_head(self):
+    def _read_response_head(self) -> tuple[int, HTTPMessage]:
         while b"\r\n\r\n" not in self._buffer:
             data = self._recv()
             if not data:
@@ -329,8 +348,11 @@ class TestWebSocket:
     def _feed(self, data: bytes) -> None:
         self._engine.receive_data(data)
         for frame in self._engine.events_received():
+            # Only frames: the engine is past the handshake.
+            if not isinstance(frame, Frame):
+                continue
             if frame.opcode is Opcode.TEXT:
-                self._messages.append(frame.data.decode())
+                self._messages.append(bytes(frame.data).decode())
             elif frame.opcode is Opcode.BINARY:
                 self._messages.append(bytes(frame.data))
         self._flush()  # pongs, the answer to a close frame
@@ -345,7 +367,7 @@ class TestWebSocket:
     @property
     def closed(self) -> bool:
         """Tell whether the connection is closed."""
-        return self._engine is None or self._engine.state is State.CLOSED
+        return not self._opened or self._engine.state is State.CLOSED
 
     @property
     def close_code(self) -> int | None:
@@ -358,7 +380,8 @@ class TestWebSocket:
         return None if not self.closed else self._engine.close_reason
 
     def _closed_error(self) -> ConnectionClosed:
-        return ConnectionClosed(self._engine.close_code, self._engine.close_reason)
+        # Both are set once the engine is closed: 1006 and "" if no close frame came.
+        return ConnectionClosed(self._engine.close_code or 1006, self._engine.close_reason or "")
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """
@@ -380,10 +403,11 @@ class TestWebSocket:
                     self._engine.receive_eof()
         self._sock.close()
         self._join_server()
-        if self._exc_info is not None and self._client.raise_request_exception:
+        if self.exception is not None and self._client.raise_request_exception:
             raise self.exception
 
     def _join_server(self) -> None:
+        assert self._server is not None  # _open() started it
         self._server.join(self.timeout)
         if not self._server.dead:
             self._server.kill()
@@ -392,7 +416,12 @@ class TestWebSocket:
     def __enter__(self) -> TestWebSocket:
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -411,7 +440,7 @@ class Published(NamedTuple):
     message: str | bytes
 
 
-class PublishedMessages(list):
+class PublishedMessages(list[Published]):
     """
     The messages published while :func:`capture_published` records.
 
@@ -424,7 +453,7 @@ class PublishedMessages(list):
         """Return the messages :func:`~django_websocket.publish` sent to ``group``."""
         return [message for name, message in self if name == group]
 
-    def to_user(self, user) -> list[str | bytes]:
+    def to_user(self, user: object) -> list[str | bytes]:
         """Return the messages :func:`~django_websocket.send_to_user` sent to ``user``."""
         from .broadcast.base import user_group
 
@@ -436,8 +465,9 @@ class PublishedMessages(list):
 
         return self.to_group(BROADCAST_GROUP)
 
-    def append(self, item) -> None:
-        super().append(Published(*item))
+    def record(self, group: str, message: str | bytes) -> None:
+        """Record that ``message`` was published to ``group`` (called by ``publish()``)."""
+        self.append(Published(group, message))
 
 
 @contextmanager
@@ -456,11 +486,11 @@ def capture_published() -> Iterator[PublishedMessages]:
     to publish is not recorded.
 
     """
-    from .broadcast import _captures
+    from .broadcast import recorders
 
     published = PublishedMessages()
-    _captures.append(published)
+    recorders.append(published)
     try:
         yield published
     finally:
-        _captures.remove(published)
+        recorders.remove(published)

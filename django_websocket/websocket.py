@@ -9,10 +9,13 @@ for the view in a bounded inbox (when it is full, reading stops and TCP
 pushes back on the client). Writes go through one lock, so any greenlet may
 send.
 
-The machinery behind the public API is in mixins of :class:`WebSocket`:
-reading in :mod:`django_websocket.reader`, group messages in
-:mod:`django_websocket.outbox`, keepalive pings in
-:mod:`django_websocket.keepalive`.
+This module is the thin layer that moves bytes; it is composed of parts
+that can each be read alone: the rules of the protocol, without I/O, in
+:class:`~django_websocket.connection.Connection`; the messages that wait
+for the view in :class:`~django_websocket.inbox.Inbox`; writing in
+:class:`~django_websocket.writer.Writer`; group messages that wait for a
+slow client in :class:`~django_websocket.outbox.Outbox`; and the process's
+keepalive greenlet in :mod:`django_websocket.keepalive`.
 
 This module knows sockets and gevent, not Django.
 
@@ -20,25 +23,31 @@ This module knows sockets and gevent, not Django.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import time
-from collections import deque
-from typing import Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 
 import gevent
-from gevent.hub import Waiter
-from gevent.lock import Semaphore
+from gevent.hub import get_hub
 
 from . import handshake as handshake_module
 from . import protocol as engine
-from .exceptions import ConnectionClosed, InvalidState
-from .keepalive import Keepalive, start_keepalive
+from .connection import Connection, Event, Keepalive
+from .exceptions import InvalidState
+from .inbox import Inbox
+from .keepalive import start_keepalive
 from .outbox import Outbox
-from .reader import _WOULD_BLOCK, Reader
-from .sockets import with_timeout
-from .states import CLOSED, CONNECTING, OPEN, open_websockets
+from .states import CLOSED, CONNECTING, State, open_websockets
+from .writer import WOULD_BLOCK, Writer
+
+if TYPE_CHECKING:
+    from gevent._types import _IoWatcher, _TimerWatcher
+
+    from .broadcast.base import GroupMessage
 
 __all__ = ["WebSocket", "Message", "close_all"]
 
@@ -46,6 +55,18 @@ logger = logging.getLogger(__name__)
 
 #: What a message is: :class:`str` for text, :class:`bytes` for binary.
 Message = Union[str, bytes]
+
+# Large enough for a 64 KiB frame in one call; the bytes object it allocates
+# is shrunk to what arrived.
+RECV_SIZE = 65536
+
+_INT_STRUCT = struct.Struct("i")
+_INT = bytes(_INT_STRUCT.size)
+
+# Frames parsed in one turn of the event loop, at most: a read of 64 KiB
+# may hold 9,000 tiny frames, about 17 ms of parsing; in turns of 256,
+# other connections wait half a millisecond for each such client.
+FRAMES_PER_TURN = 256
 
 
 def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
@@ -61,7 +82,7 @@ def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
         gevent.spawn(websocket.close, code, reason)
 
 
-class WebSocket(Reader, Outbox, Keepalive):
+class WebSocket:
     """
     A websocket connection; Django views get it as ``request.websocket``.
 
@@ -74,14 +95,10 @@ class WebSocket(Reader, Outbox, Keepalive):
 
     # Thousands of idle connections each hold one: no __dict__.
     __slots__ = (
-        "__weakref__", "_sock", "_tls", "_handshake", "_buffered", "_deflate", "_parser",
-        "max_message_size", "max_queue", "close_timeout", "compression",
-        "ping_interval", "ping_timeout", "send_timeout", "max_send_queue",
-        "adopted", "state", "protocol", "close_code", "close_reason",
-        "_last_received", "_ping_sent", "_sent_close", "_close_written", "_pending_close",
-        "_ended", "_write_lock", "_inbox", "_waiters", "_room", "_reader", "_paused",
-        "_has_read", "_groups", "_default_groups", "_joined", "_outbox",
-        "_outbox_size", "_partial", "_flusher", "_flusher_waits_for_view", "_control",
+        "__weakref__", "_sock", "_handshake", "_buffered", "_connection", "_writer", "_inbox",
+        "_outbox", "max_message_size", "close_timeout", "compression", "ping_interval",
+        "ping_timeout", "max_send_queue", "adopted", "protocol", "_reader", "_paused",
+        "_groups", "_default_groups", "_joined",
     )
 
     def __init__(
@@ -100,78 +117,90 @@ class WebSocket(Reader, Outbox, Keepalive):
         buffered: bytes = b"",
     ) -> None:
         self._sock = sock
-        # gevent's TLS sockets (they have pending()) need more care below.
-        self._tls = getattr(type(sock), "pending", None) is not None
         self._handshake = handshake
-        self._buffered = buffered
+        self._buffered = buffered  # bytes that came behind the handshake
+        self._connection = connection = Connection()
+        self._writer = Writer(sock, connection, send_timeout)
+        self._inbox = Inbox(max_queue)
+        self._outbox: Outbox | None = None  # created when a group message must wait
         #: Largest message accepted, in bytes; a larger one closes the
         #: connection with 1009. Change it before the handshake is accepted.
         self.max_message_size = max_message_size
-        #: How many received messages wait for the view before the server
-        #: stops reading from the client.
-        self.max_queue = max_queue
         #: Seconds to wait for the client's close frame when closing.
         self.close_timeout = close_timeout
         #: Whether to negotiate permessage-deflate when the client offers it.
         #: Change it before the handshake is accepted.
         self.compression = compression
-        self._deflate: engine.Deflate | None = None
         #: Seconds of silence from the client after which the server pings
         #: it, or :obj:`None` for no keepalive pings.
         self.ping_interval = ping_interval
         #: Seconds to wait for any data after a ping before the connection
         #: is deemed dead and closed with 1011, or :obj:`None` to wait forever.
         self.ping_timeout = ping_timeout
-        #: Seconds a write may wait for a client that does not read before
-        #: the connection is dropped, or :obj:`None` to wait forever.
-        self.send_timeout = send_timeout
-        self._last_received = 0.0
-        self._ping_sent: float | None = None
-        # True when a stock gevent-websocket handler answered the handshake.
-        self.adopted = False
-        #: A :class:`~django_websocket.states.State`: ``"CONNECTING"``,
-        #: ``"OPEN"`` or ``"CLOSED"``.
-        self.state = CONNECTING
-        #: The subprotocol of the connection, or :obj:`None`. Before the
-        #: handshake is accepted, the one it will answer with: the
-        #: decorators choose it from their ``protocols`` option.
-        self.protocol: str | None = None
-        #: The close code the client sent; ``1005`` if its close frame had
-        #: none, ``1006`` if the connection dropped without one; :obj:`None`
-        #: while open.
-        self.close_code: int | None = None
-        #: The close reason the client sent, or :obj:`None` while open.
-        self.close_reason: str | None = None
-        self._sent_close: tuple[int | None, str] | None = None
-        self._close_written = False  # the close frame is out, whole
-        self._pending_close: tuple[int | None, str] | None = None
-        self._ended = False  # no message will be queued any more
-        self._write_lock = Semaphore()
-        self._parser: engine.Parser | None = None
-        self._inbox: list = []  # messages for the view; short, so a list
-        self._waiters: list[Waiter] = []  # views blocked in wait(), and close() calls
-        self._room: Waiter | None = None  # the flusher, waiting for room in the inbox
-        self._reader = None  # the io watcher that reads, while the socket is read
-        self._paused = False  # the inbox is full: reading waits for room
-        self._has_read = False  # the view reads messages
         #: The most bytes of group messages that may wait for this
         #: connection (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for
         #: no limit; it may change at any time.
         self.max_send_queue = max_send_queue
+        # True when a stock gevent-websocket handler answered the handshake.
+        self.adopted = False
+        #: The subprotocol of the connection, or :obj:`None`. Before the
+        #: handshake is accepted, the one it will answer with: the
+        #: decorators choose it from their ``protocols`` option.
+        self.protocol: str | None = None
+        self._reader: _IoWatcher | None = None  # the io watcher, while the socket is read
+        self._paused = False  # reading waits: the inbox is full, or it is another's turn
         self._groups: dict[str, bool] | None = None  # group -> forward to the client
         # Called when the handshake is accepted; returns more groups to join.
-        # The Django side sets it: the user's group and the broadcast group.
         self._default_groups: Callable[[], Iterable[str]] | None = None
         self._joined = False  # the subscriptions took effect
-        self._outbox: deque | None = None  # (frame bytes or GroupMessage, size)
-        self._outbox_size = 0  # bytes in the outbox and in _partial
-        self._partial: bytes | None = None  # a frame's end, half written, under the write lock
-        self._flusher = None  # the greenlet that empties the outbox, while it runs
-        self._control: dict[int, bytes] | None = None  # pings and pongs a greenlet will write
-        self._flusher_waits_for_view = False
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.state} protocol={self.protocol!r}>"
+
+    @property
+    def state(self) -> State:
+        """
+        A :class:`~django_websocket.states.State`: ``"CONNECTING"``, ``"OPEN"``,
+        ``"CLOSING"`` or ``"CLOSED"``.
+        """
+        return self._connection.state
+
+    @property
+    def close_code(self) -> int | None:
+        """
+        The close code the client sent; ``1005`` if its close frame had none,
+        ``1006`` if the connection dropped without one; :obj:`None` before.
+        """
+        return self._connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason the client sent, or :obj:`None` before its close frame."""
+        return self._connection.close_reason
+
+    @property
+    def max_queue(self) -> int:
+        """
+        How many received messages wait for the view before the server
+        stops reading from the client.
+        """
+        return self._inbox.limit
+
+    @max_queue.setter
+    def max_queue(self, value: int) -> None:
+        self._inbox.limit = value
+
+    @property
+    def send_timeout(self) -> float | None:
+        """
+        Seconds a write may wait for a client that does not read before
+        the connection is dropped, or :obj:`None` to wait forever.
+        """
+        return self._writer.send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float | None) -> None:
+        self._writer.send_timeout = value
 
     # Handshake.
 
@@ -201,22 +230,22 @@ class WebSocket(Reader, Outbox, Keepalive):
             ValueError: the client did not offer ``protocol``.
 
         """
-        if self.state is not CONNECTING:
+        if self._connection.state is not CONNECTING:
             raise InvalidState('Cannot call "accept" once the handshake is complete.')
         if self.adopted:
             # The stock gevent-websocket worker wrote its 101 before Django
             # ran, without a subprotocol: start reading on first use only.
-            self._open(None)
+            self._open(None, None)
             return
         if protocol is None:
             protocol = self.protocol
         elif protocol not in self._handshake.protocols:
             raise ValueError(f"The client did not offer the subprotocol {protocol!r}.")
-        extensions = None
+        extensions = deflate = None
         if self.compression:
             negotiated = engine.negotiate(self._handshake.extensions)
             if negotiated is not None:
-                extensions, self._deflate = negotiated
+                extensions, deflate = negotiated
         response = handshake_module.accept_response(self._handshake, protocol, extensions)
         self._join_groups()  # before the 101: the client misses nothing published after it
         try:
@@ -225,16 +254,15 @@ class WebSocket(Reader, Outbox, Keepalive):
             # The client is gone: reading finds the connection lost, and
             # the view sees it as it would see any closed connection.
             pass
-        self._open(protocol)
+        self._open(protocol, deflate)
 
-    def _open(self, protocol: str | None) -> None:
+    def _open(self, protocol: str | None, deflate: engine.Deflate | None) -> None:
         """Start the connection once the 101 is written."""
-        if self.state is not CONNECTING:
+        if self._connection.state is not CONNECTING:
             return
         self.protocol = protocol
-        self.state = OPEN
-        self._parser = engine.Parser(self.max_message_size, self._deflate)
-        self._last_received = time.monotonic()
+        self._connection.open(self.max_message_size, deflate, time.monotonic())
+        self._writer.attach(self._close_tcp)
         open_websockets.add(self)
         if self.ping_interval is not None:
             start_keepalive()
@@ -246,12 +274,12 @@ class WebSocket(Reader, Outbox, Keepalive):
             gevent.spawn(self.close, *open_websockets.closing)
 
     def _ensure_accepted(self) -> None:
-        if self.state is CONNECTING:
+        if self._connection.state is CONNECTING:
             self.accept()
 
     # Receiving.
 
-    def wait(self, timeout: float | None = None) -> Message | None:
+    def wait(self, timeout: float | None = None) -> Message | GroupMessage | None:
         """
         Return the next message, waiting for it if none is queued.
 
@@ -264,20 +292,22 @@ class WebSocket(Reader, Outbox, Keepalive):
 
         """
         self._ensure_accepted()
-        self._has_read = True
         inbox = self._inbox
-        if not inbox or self._sent_close is not None:
-            if not self._ended:
+        inbox.has_reader = True
+        connection = self._connection
+        # Nothing is delivered after the server's close frame.
+        if not inbox.messages or connection.close_sent is not None:
+            if not inbox.ended:
                 self._park(timeout)
-            if not inbox or self._sent_close is not None:
+            if not inbox.messages or connection.close_sent is not None:
                 self._reached_end()
                 return None
-        message = inbox.pop(0)
-        if self._paused or self._room is not None:
+        message = inbox.messages.pop(0)
+        if self._paused or inbox.wanted:
             self._make_room()
-        return message
+        return message  # type: ignore[return-value]  # a Message or GroupMessage
 
-    def read(self, fallback: Message | None = None) -> Message | None:
+    def read(self, fallback: Message | None = None) -> Message | GroupMessage | None:
         """
         Return the next queued message without waiting, or ``fallback``.
 
@@ -286,34 +316,47 @@ class WebSocket(Reader, Outbox, Keepalive):
 
         """
         self._ensure_accepted()
-        self._has_read = True
         inbox = self._inbox
-        # Nothing is delivered after the server's close frame.
-        if not inbox or self._sent_close is not None:
-            if self._ended:
+        inbox.has_reader = True
+        if not inbox.messages or self._connection.close_sent is not None:
+            if inbox.ended:
                 self._reached_end()
             return fallback
-        message = inbox.pop(0)
-        if self._paused or self._room is not None:
+        message = inbox.messages.pop(0)
+        if self._paused or inbox.wanted:
             self._make_room()
-        return message
+        return message  # type: ignore[return-value]  # a Message or GroupMessage
 
     def count_messages(self) -> int:
         """Return how many received messages are queued for :meth:`read`."""
         self._ensure_accepted()
-        return len(self._inbox)
+        return len(self._inbox.messages)
 
     def has_messages(self) -> bool:
         """Tell whether :meth:`read` would return a message now."""
         return self.count_messages() > 0
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self) -> Iterator[Message | GroupMessage]:
         """Iterate over messages until the connection is closed."""
         while True:
             message = self.wait()
             if message is None:
                 return
             yield message
+
+    def _park(self, timeout: float | None) -> None:
+        """Wait until a message is queued, or none will come; at most ``timeout`` seconds."""
+        timer = None
+        if timeout is not None:
+            timer = gevent.Timeout(timeout, TimeoutError(f"no message within {timeout} seconds"))
+            timer.start()
+        inbox, connection = self._inbox, self._connection
+        try:
+            while not inbox.ended and (not inbox.messages or connection.close_sent is not None):
+                inbox.sleep()
+        finally:
+            if timer is not None:
+                timer.close()
 
     # Sending.
 
@@ -328,128 +371,43 @@ class WebSocket(Reader, Outbox, Keepalive):
             TypeError: ``message`` is neither text nor bytes-like.
 
         """
-        if self.state is CONNECTING:
+        connection = self._connection
+        if connection.state is CONNECTING:
             engine.check_message(message)  # refuse a wrong type before the 101
             self.accept()
-        deflate = self._deflate
-        if deflate is None:
-            self._write(engine.encode_message(message))
+        if connection.deflate is None:
+            self._write(connection.send_message(message))
             return
         # Compressed frames depend on every frame compressed before them:
         # compress under the write lock, so that they go out in the order
         # the compressor saw them (the lock is not FIFO).
         engine.check_message(message)
-        self._write(message, deflate)
+        self._write(message, compress=True)
 
-    def _write(self, frame: bytes | Message, deflate: engine.Deflate | None = None) -> None:
-        """Write ``frame``; or with ``deflate``, the frame of the message ``frame``, compressed."""
-        with self._write_lock:
-            if self._sent_close is not None or self.state is CLOSED:
-                raise self._closed_error()
-            if deflate is not None:
-                frame = engine.encode_message(frame, deflate)
+    def _write(self, data: Message | bytearray | memoryview, compress: bool = False) -> None:
+        """Write the frame ``data``; or with ``compress``, the frame of the message ``data``."""
+        connection, writer = self._connection, self._writer
+        with writer.lock:
+            if connection.closed:
+                raise connection.closed_error()
+            frame = connection.send_message(data) if compress else data
             try:
-                self._sendall(frame)
+                writer.sendall(frame)  # type: ignore[arg-type]  # a frame: bytes
             except OSError:
-                self._connection_lost()
-                raise self._closed_error() from None
+                raise connection.closed_error() from None
 
-    def _sendall(self, data: bytes) -> None:
-        """
-        Write ``data`` whole, under the write lock.
-
-        Most writes fit in the socket's buffer at once. Only one that does
-        not waits, for the client to read, and a client that reads nothing
-        for :attr:`send_timeout` seconds loses its connection
-        (``TimeoutError``). Arming a timer only then, rather than giving the
-        socket a timeout, keeps timers off the path of every read and write.
-
-        """
-        sent = self._send_nowait(data)
-        if sent == len(data):
-            return
-        # The timeout is on progress, not on the whole write: a client that
-        # reads a large message slowly but steadily keeps its connection.
-        rest = memoryview(data)[sent:]
-        sock = self._sock
-        timeout = self.send_timeout
-        message = f"the client read nothing for {timeout} seconds"
-        while rest:
-            with gevent.Timeout(timeout, TimeoutError(message)):
-                sent = sock.send(rest)
-            rest = rest[sent:]
-
-    def _send_nowait(self, data: bytes) -> int:
-        """Write what the socket takes at once, under the write lock; return how many bytes."""
-        sock = self._sock
-        if not self._tls:
-            try:
-                return sock.send(data, 0, timeout=0.0)
-            except BlockingIOError:
-                return 0
-        try:
-            # gevent's TLS sockets ignore send()'s timeout and wait unless
-            # their own is 0.
-            return with_timeout(sock, 0.0, sock.send, data)
-        except _WOULD_BLOCK:
-            # The same bytes must be written next: the caller keeps them
-            # first in line.
-            return 0
-
-    def _start_frame(self, frame: bytes) -> bytes | None:
-        """
-        Write what the socket takes of ``frame`` at once; the write lock must be free.
-
-        Returns the rest, with the lock held for whoever writes it, or
-        :obj:`None` when the whole frame went out, or the connection is lost.
-
-        """
-        lock = self._write_lock
-        lock.acquire()
-        try:
-            sent = self._send_nowait(frame)
-        except OSError:
-            lock.release()
-            self._connection_lost()
-            return None
-        if sent == len(frame):
-            lock.release()
-            return None
-        return frame[sent:]
-
-    def _finish_frame(self, rest: bytes) -> None:
-        """
-        Write the rest of a frame that :meth:`_start_frame` began; release the write lock.
-
-        Waits for the client, up to :attr:`send_timeout` seconds.
-
-        Raises:
-            ConnectionClosed: the connection was lost, and is closed now.
-
-        """
-        try:
-            self._sendall(rest)
-        except OSError:
-            self._connection_lost()
-            raise self._closed_error() from None
-        finally:
-            self._write_lock.release()
-
-    def _closed_error(self) -> ConnectionClosed:
-        code, reason = (self._sent_close or (None, None))
-        return ConnectionClosed(
-            1006 if self.close_code is None else self.close_code,
-            self.close_reason or "",
-            None if self._sent_close is None else (1005 if code is None else code),
-            reason,
-        )
-
-    # Closing.
+    def _send_control(self, frame: bytes) -> None:
+        # Pings and pongs: never after a close frame, never waiting.
+        connection = self._connection
+        if not connection.closed and connection.state is not CONNECTING:
+            self._writer.send_control(frame)
 
     @property
     def closed(self) -> bool:
-        """Whether no message can be sent any more, as the connection is closed or closing."""
-        return self._sent_close is not None or self.state is CLOSED
+        """Whether no message can be sent any more, once the server's close frame is out."""
+        return self._connection.closed
+
+    # Closing.
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """
@@ -458,7 +416,9 @@ class WebSocket(Reader, Outbox, Keepalive):
         Sends a close frame and waits for the client's, up to
         :attr:`close_timeout` seconds in all (a client that does not read
         does not hold it longer), then closes the TCP connection. Does
-        nothing if the connection is already closed.
+        nothing if the connection is already closed. If the client closed
+        first, or broke the protocol, its close frame is answered instead,
+        as RFC 6455 asks.
 
         Raises:
             ValueError: ``code`` may not be sent, or ``reason`` is over 123
@@ -470,14 +430,31 @@ class WebSocket(Reader, Outbox, Keepalive):
         if len(reason.encode()) > 123:
             raise ValueError("The close reason must fit in 123 bytes of UTF-8.")
         self._ensure_accepted()
-        if self._pending_close is not None:
-            # The client closed, or broke the protocol: that close frame wins.
+        if self._connection.close_owed is not None:
             self._reached_end()
         else:
             self._send_close(code, reason)
         if not self._wait_closed(self.close_timeout):
             logger.debug("no close frame from the client within %s s", self.close_timeout)
-            self._connection_lost()
+            self._close_tcp()
+
+    def _wait_closed(self, timeout: float) -> bool:
+        """Wait until the TCP connection is closed, at most ``timeout`` seconds; tell if it is."""
+        connection = self._connection
+        if connection.state is CLOSED:
+            return True
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            while connection.state is not CLOSED:
+                self._inbox.sleep()
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return False
+        finally:
+            timer.close()
+        return True
 
     def _send_close(self, code: int | None, reason: str) -> None:
         """
@@ -488,46 +465,50 @@ class WebSocket(Reader, Outbox, Keepalive):
         a greenlet writes it.
 
         """
-        if self._sent_close is not None or self.state is CLOSED:
+        frame = self._connection.send_close(code, reason)
+        if frame is None:
+            return  # sent already
+        writer = self._writer
+        if writer.lock.locked():
+            writer.write_in_greenlet(frame, False, self._close_sent)
             return
-        self._sent_close = (code, reason)
-        frame = engine.encode_close(code, reason)
-        if self._write_lock.locked():
-            gevent.spawn_raw(self._write_close, frame, False)
-            return
-        rest = self._start_frame(frame)
+        rest = writer.start(frame)
         if rest:
-            gevent.spawn_raw(self._write_close, rest, True)  # the lock is held for it
-            return
-        self._close_sent()
-
-    def _write_close(self, data: bytes, locked: bool) -> None:
-        # In a greenlet: write the close frame, or the rest of it.
-        if not locked:
-            self._write_lock.acquire()
-        try:
-            self._finish_frame(data)
-        except ConnectionClosed:
+            writer.write_in_greenlet(rest, True, self._close_sent)  # the lock is held for it
             return
         self._close_sent()
 
     def _close_sent(self) -> None:
-        self._close_written = True
-        if self.state is CLOSED:
+        connection = self._connection
+        connection.close_written()
+        if connection.state is CLOSED:
             return  # the connection was lost while writing
         # The view gets no message after a close frame went out; dropping
         # them also resumes reading paused by a full inbox, so that it can
         # read the client's close frame.
-        self._discard_messages()
-        if self.close_code is not None:
-            # Both close frames are exchanged: the server closes TCP first.
-            self._shutdown()
+        self._inbox.clear()
+        self._make_room()
+        if connection.done:
+            self._close_tcp()  # both close frames are exchanged: the server closes TCP first
         else:
-            self._end_messages()
+            self._inbox.end()
 
-    def _close_when_read(self, code: int | None, reason: str) -> None:
+    def _closing_handshake(self) -> None:
+        # The client closed, or broke the protocol; the connection recorded
+        # it. Often in the hub: nothing here waits.
+        connection = self._connection
+        if connection.state is CLOSED:
+            return
+        if connection.done:
+            self._close_tcp()
+        elif connection.close_owed is not None:
+            self._close_when_read()
+        # Else our close frame is still being written, or waits for the
+        # write lock: once it is out, _close_sent closes TCP.
+
+    def _close_when_read(self) -> None:
         """
-        Send a close frame once the view has had the messages received before it.
+        Send the close frame owed once the view has had the messages received before it.
 
         Messages the view already has may still be answered (the client
         expects the echo of a message sent before a protocol error, for
@@ -535,41 +516,31 @@ class WebSocket(Reader, Outbox, Keepalive):
         :attr:`close_timeout` does not delay the close any longer.
 
         """
-        if self._pending_close is not None:
-            return  # the first reason to close wins
+        inbox = self._inbox
+        if inbox.ended:
+            return  # deferred already
         # A view that reads and is not waiting now handles a message.
-        busy = self._has_read and not self._waiters
-        if not self._inbox and not busy:
-            self._send_close(code, reason)
+        busy = inbox.has_reader and not inbox.waited_for
+        if not inbox.messages and not busy:
+            self._reached_end()
             return
-        self._pending_close = (code, reason)
         gevent.spawn_later(self.close_timeout, self._reached_end)
-        # Last: a view woken from the hub runs at once (see _wake).
-        self._end_messages()
+        # Last: a view woken from the hub runs at once (see inbox.wake).
+        inbox.end()
 
     def _reached_end(self) -> None:
-        # The view has every message: a deferred close frame may go out.
-        pending, self._pending_close = self._pending_close, None
-        if pending is not None:
-            self._send_close(*pending)
+        # The view has every message: the close frame owed may go out.
+        owed = self._connection.close_owed
+        if owed is not None:
+            self._send_close(*owed)
 
-    def _discard_messages(self) -> None:
-        # Reading resumes if the inbox was full: the client's close frame
-        # may be behind the dropped messages.
-        self._inbox.clear()
-        self._make_room()
-
-    def _end_messages(self) -> None:
-        # No message will be queued any more: wake the views that wait.
-        if self._ended:
+    def _close_tcp(self) -> None:
+        """Close the TCP connection, whatever the closing handshake's stage; once."""
+        connection = self._connection
+        if connection.state is CLOSED:
             return
-        self._ended = True
-        self._wake_waiters()
-
-    def _shutdown(self) -> None:
-        if self.state is CLOSED:
-            return
-        self.state = CLOSED
+        connection.connection_closed()
+        self._writer.attach(None)  # no reference cycle outlives the connection
         open_websockets.discard(self)
         self._stop_reading()
         self._leave_groups()
@@ -578,35 +549,28 @@ class WebSocket(Reader, Outbox, Keepalive):
         except OSError:
             pass
         # Wake the views that wait for a message, and close() calls.
-        self._ended = True
-        self._wake_waiters()
-
-    def _connection_lost(self) -> None:
-        if self.close_code is None:
-            self.close_code, self.close_reason = 1006, ""
-        self._pending_close = None
-        self._shutdown()
+        self._inbox.end()
 
     def _abort(self, code: int, reason: str) -> None:
         """Close at once, without waiting on a client that does not read."""
-        if self._sent_close is None and self.state is not CLOSED:
-            self._sent_close = (code, reason)
-            if not self._write_lock.locked():
-                # No frame is half written: the close frame goes out if the
-                # socket takes it at once.
-                try:
-                    self._send_nowait(engine.encode_close(code, reason))
-                except OSError:
-                    pass
+        frame = self._connection.send_close(code, reason)
+        if frame is not None and not self._writer.lock.locked():
+            # No frame is half written: the close frame goes out if the
+            # socket takes it at once.
+            try:
+                self._writer.send_nowait(frame)
+            except OSError:
+                pass
         try:
             # Reset the connection when the socket is closed, dropping the
             # data the client did not read.
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-        self._discard_messages()
-        self._end_messages()
-        self._connection_lost()
+        self._inbox.clear()
+        self._make_room()
+        self._inbox.end()
+        self._close_tcp()
 
     def finish(self, status_code: int = 200, status_text: str = "") -> None:
         """
@@ -619,9 +583,10 @@ class WebSocket(Reader, Outbox, Keepalive):
         ``"403 Forbidden"``.
 
         """
-        if self.adopted and self.state is CONNECTING:
-            self._open(None)  # the client has its 101: the close frame tells the status
-        if self.state is not OPEN:
+        connection = self._connection
+        if self.adopted and connection.state is CONNECTING:
+            self._open(None, None)  # the client has its 101: the close frame tells the status
+        if connection.state is CONNECTING or connection.state is CLOSED:
             return
         try:
             if status_code < 300:
@@ -632,13 +597,203 @@ class WebSocket(Reader, Outbox, Keepalive):
         finally:
             # The server closes the socket next, whatever happened: the
             # watcher that reads it must be gone by then.
-            self._connection_lost()
+            self._close_tcp()
+
+    # Reading, in the hub.
+    #
+    # No greenlet waits on the socket: an io watcher calls _on_readable in
+    # the hub whenever data arrives, and the messages it parses go to the
+    # inbox, where the view finds them. An idle connection costs a watcher
+    # instead of a greenlet and its stack, and a message reaches a waiting
+    # view with one switch. The hub must never block: writes there take
+    # only what the socket takes at once (a greenlet writes the rest), and
+    # waiting for the client's close frame is left to close(), in the view.
+
+    def _start_reading(self) -> None:
+        self._reader = get_hub().loop.io(self._sock.fileno(), 1)
+        # Bytes that came with the handshake are parsed first, in order.
+        data, self._buffered = self._buffered, b""
+        if data:
+            self._on_data(data)
+        if self._reader is not None and not self._paused:
+            self._reader.start(self._on_readable)
+
+    def _stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _on_readable(self) -> None:
+        # Called in the hub when the socket has data, or is closed.
+        if self._reader is None or self._paused:
+            return
+        sock = self._sock
+        # A read that would block must fail instead: the hub cannot wait.
+        # (sockets.with_timeout, written out: a call less on the hottest
+        # path, half a microsecond a read.)
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            data = sock.recv(RECV_SIZE)
+        except WOULD_BLOCK:
+            return
+        except OSError:
+            data = b""
+        finally:
+            sock.settimeout(timeout)
+        if not data:
+            self._stop_reading()
+            if not self._connection.reading_done:
+                self._close_tcp()  # lost, without a close frame
+            return
+        self._connection.last_received = time.monotonic()
+        self._on_data(data)
+        self._read_pending()
+
+    def _read_pending(self) -> None:
+        # With TLS, decrypted bytes may wait in the SSL object while the
+        # socket has nothing more: the watcher would not see them.
+        if (
+            self._writer.tls
+            and self._reader is not None
+            and not self._paused
+            and self._sock.pending()  # type: ignore[attr-defined]  # gevent's SSLSocket
+        ):
+            get_hub().loop.run_callback(self._on_readable)
+
+    def _on_data(self, data: bytes) -> None:
+        # Parse only as many messages as the inbox has room for (or pings:
+        # each event counts): the rest stays unparsed and not inflated, so
+        # that a connection holds at most max_queue messages, however well
+        # they compress, and reading pauses until the view makes room.
+        # (After a close frame, messages are dropped: parse on, to the client's.)
+        connection = self._connection
+        room = None
+        if connection.close_sent is None:
+            room = max(1, self._inbox.limit - len(self._inbox.messages))
+        try:
+            events = connection.receive_data(data, room, FRAMES_PER_TURN)
+        except Exception:
+            logger.exception("error parsing websocket frames")
+            self._stop_reading()
+            gevent.spawn_raw(self._abort, 1011, "internal error")
+            return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Queue the messages among ``events`` for the view and act on the others."""
+        connection = self._connection
+        inbox = self._inbox
+        messages = inbox.messages
+        ending = False
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                if connection.close_sent is None:
+                    messages.append(event)
+                # Else: the view gets no message after a close frame.
+            elif kind is engine.Ping:
+                if connection.close_sent is None:
+                    self._send_control(connection.send_pong(event.payload))  # type: ignore[union-attr]
+            else:
+                # The last events: the client's close frame, a protocol
+                # failure, or both. The connection recorded them.
+                ending = True
+                if kind is engine.Failure:
+                    logger.debug("failing the connection: %s", event)
+        if connection.reading_done:
+            self._stop_reading()
+        elif len(messages) >= inbox.limit:
+            # Full: stop reading until the view makes room, so that TCP
+            # pushes back on the client.
+            self._pause()
+        elif connection.stopped:
+            # The parser used up its turn (a flood of tiny frames): the
+            # other connections go first, then parsing resumes.
+            self._pause()
+            self._take_turn()
+        if ending:
+            # Last: the views may run from here on (see inbox.wake).
+            self._closing_handshake()
+        elif messages:
+            inbox.wake()
+
+    def _pause(self) -> None:
+        self._paused = True
+        if self._reader is not None:
+            self._reader.stop()
+
+    def _take_turn(self) -> None:
+        # A timer, not a callback: the hub runs callbacks added by callbacks
+        # before it polls the sockets again, but expired timers along with
+        # the sockets that are ready, in the same turn.
+        timer = get_hub().loop.timer(0.0)
+        timer.start(self._turn_taken, timer)
+
+    def _turn_taken(self, timer: _TimerWatcher) -> None:
+        timer.close()
+        if self._reader is not None:  # else the connection ended meanwhile
+            self._make_room()
+
+    def _make_room(self) -> None:
+        # Messages left the inbox: read again if it was full, and let in a
+        # group message that waits for room.
+        inbox = self._inbox
+        if inbox.full:
+            return
+        inbox.room_made()
+        if self._paused:
+            self._paused = False
+            if self._connection.backlog:
+                # What the parser kept when the inbox was full comes first.
+                self._on_data(b"")
+            if not self._paused and self._reader is not None:
+                self._reader.start(self._on_readable)
+                self._read_pending()
+
+    # Keepalive.
+
+    def keepalive(self, now: float) -> float:
+        """
+        Ping the client or give up on it; return when to check again, in seconds.
+
+        Called by the process's keepalive greenlet (see
+        :mod:`django_websocket.keepalive`); never waits.
+
+        """
+        connection = self._connection
+        if self._paused and self.ping_interval is not None and self._has_unread_data():
+            # The server stopped reading (the view's inbox is full), not the
+            # client: what waits unread, a pong maybe, proves it alive.
+            connection.data_pending(now)
+        action, delay = connection.check_alive(now, self.ping_interval, self.ping_timeout)
+        if action is Keepalive.PING:
+            self._send_control(connection.send_ping(now))
+        elif action is Keepalive.TIMEOUT:
+            gevent.spawn(self._keepalive_failed)
+        return delay
+
+    def _has_unread_data(self) -> bool:
+        """Tell whether the client sent bytes that the server has not parsed yet."""
+        if self._connection.backlog:
+            return True
+        try:
+            # Bytes in the kernel's receive buffer, TLS or not.
+            pending = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, _INT)
+        except OSError:
+            return False
+        return bool(_INT_STRUCT.unpack(pending)[0] > 0)
+
+    def _keepalive_failed(self) -> None:
+        logger.info("closing a websocket: no answer to a ping within %s s", self.ping_timeout)
+        self.close(1011, "keepalive ping timeout")
 
     # Groups.
     #
-    # Subscriptions; how group messages reach the client, or the view, is
-    # in outbox.py. The broadcast package reads Django's settings: it is
-    # imported on use, as this module knows no Django.
+    # The broadcast package reads Django's settings: it is imported on use,
+    # as this module knows no Django. Its registry hands each group message
+    # to deliver_frame or deliver_to_view (the Member interface of
+    # broadcast.base), in the process's writer greenlet, which never waits.
 
     @property
     def groups(self) -> frozenset[str]:
@@ -670,14 +825,119 @@ class WebSocket(Reader, Outbox, Keepalive):
         """
         from .broadcast.base import check_group
 
-        self._join(check_group(group), forward)
+        group = check_group(group)
+        if self._connection.state is CLOSED:
+            return
+        if self._groups is None:
+            self._groups = {}
+        self._groups[group] = forward
+        if self._joined:
+            from .broadcast import join
+
+            join(self, group, forward)
 
     def unsubscribe(self, group: str) -> None:
         """Leave ``group``; do nothing if this websocket is not in it."""
         groups = self._groups
         if groups is None or groups.pop(group, None) is None:
             return
-        if self._joined and self.state is not CLOSED:
+        if self._joined and self._connection.state is not CLOSED:
             from .broadcast import leave
 
             leave(self, group)
+
+    def join_when_accepted(self, groups: Callable[[], Iterable[str]]) -> None:
+        """
+        Join the groups that ``groups()`` returns when the handshake is accepted.
+
+        The middleware hands over the broadcast group and the user's this
+        way: ``groups`` is called once, as the handshake is accepted, so
+        that it sees the user the request has by then.
+
+        """
+        self._default_groups = groups
+
+    def _join_groups(self) -> None:
+        # The handshake is being accepted: subscriptions take effect, before
+        # the 101 goes out. Messages are delivered once the state is OPEN.
+        if self._joined or self._connection.state is CLOSED:
+            return
+        self._joined = True
+        default, self._default_groups = self._default_groups, None
+        if default is not None:
+            for group in default():
+                if self._groups is None:
+                    self._groups = {}
+                self._groups.setdefault(group, True)
+        if self._groups:
+            from .broadcast import join
+
+            for group, forward in list(self._groups.items()):
+                join(self, group, forward)
+
+    def _leave_groups(self) -> None:
+        # The connection is closed: leave every group.
+        groups, self._groups = self._groups, None
+        if groups:
+            from .broadcast import leave
+
+            for group in groups:
+                leave(self, group)
+        if self._outbox is not None:
+            self._outbox.stop()
+
+    def deliver_frame(self, frame: bytes) -> None:
+        """
+        Give a group message's frame to the client, without waiting.
+
+        The frame goes out at once when nothing else waits and the socket
+        takes it; otherwise the outbox's flusher writes it, or the rest of
+        it. Skips a connection that is not open, or closing.
+
+        """
+        connection = self._connection
+        if connection.closed or connection.state is CONNECTING:
+            return
+        outbox, writer = self._outbox, self._writer
+        if (outbox is not None and outbox.busy) or writer.lock.locked():
+            self._enqueue(frame, len(frame))
+            return
+        rest = writer.start(frame)
+        if rest:
+            # The flusher writes the rest; the lock stays held until then,
+            # so that no other frame starts in the middle of this one.
+            self._get_outbox().finish_frame(rest)
+
+    def deliver_to_view(self, message: GroupMessage, size: int) -> None:
+        """
+        Give a group message to the view, as :meth:`deliver_frame` does to the client.
+
+        ``size`` is the size of its payload, in bytes.
+
+        """
+        connection, inbox, outbox = self._connection, self._inbox, self._outbox
+        if connection.closed or connection.state is CONNECTING or inbox.ended:
+            return
+        if (outbox is None or not outbox.busy) and not inbox.full:
+            inbox.messages.append(message)
+            inbox.wake()
+        else:
+            self._enqueue(message, size)
+
+    def _get_outbox(self) -> Outbox:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = Outbox(self._connection, self._writer, self._inbox)
+        return outbox
+
+    def _enqueue(self, item: bytes | GroupMessage, size: int) -> None:
+        # Into the outbox, for its flusher, within max_send_queue.
+        outbox = self._get_outbox()
+        if not outbox.put(item, size, self.max_send_queue):
+            who = "the view" if outbox.head_is_for_view else "the client"
+            logger.warning(
+                "closing a websocket with 1008: %d bytes of group messages wait for %s "
+                "(WEBSOCKET_MAX_SEND_QUEUE is %d)",
+                outbox.size, who, self.max_send_queue,
+            )
+            self._abort(1008, "send queue full")

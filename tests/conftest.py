@@ -1,11 +1,21 @@
-"""Fixtures for the integration tests: real servers, stopped when done, logs shown on failure."""
+"""
+The fixtures that test modules share; the helpers are in ``utils.py``.
+
+Websockets on socket pairs, Django's ATOMIC_REQUESTS, the users of a module,
+and real servers for the integration tests: stopped when done, their logs
+shown on failure.
+
+"""
 
 import os
 
+import gevent
 import hypothesis
 import pytest
+from django.db import connection
 
 from . import servers
+from .utils import TIMEOUT, Pairs
 
 # Property-based tests: no deadline on a loaded machine, and no example
 # database (a failure prints how to reproduce it). Under CI the examples
@@ -40,6 +50,44 @@ def db_server(database, tmp_path):
     server = servers.start_gunicorn(tmp_path / "server.log", env=env)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pairs():
+    """Websockets on socket pairs (:class:`utils.Pairs`), all closed at the end of the test."""
+    pairs = Pairs()
+    # Nothing in a test may block forever.
+    guard = gevent.Timeout(10 * TIMEOUT, AssertionError("the test hung"))
+    guard.start()
+    try:
+        yield pairs
+        pairs.close()
+    finally:
+        guard.close()
+
+
+@pytest.fixture
+def atomic_requests():
+    """Turn ATOMIC_REQUESTS on, as Django's own tests do: DATABASES cannot be overridden."""
+    connection.settings_dict["ATOMIC_REQUESTS"] = True
+    try:
+        yield
+    finally:
+        connection.settings_dict["ATOMIC_REQUESTS"] = False
+
+
+# The first two of the ``users`` that a module defines (test_example.py and
+# test_browser.py each have theirs).
+
+
+@pytest.fixture
+def alice(users):
+    return users[0]
+
+
+@pytest.fixture
+def bob(users):
+    return users[1]
 
 
 _log_offsets = pytest.StashKey[dict]()

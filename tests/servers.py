@@ -6,8 +6,9 @@ stopping it also stops the children it forked), on a port the system picked,
 with its stdout and stderr captured in a file: a failing test shows what the
 server logged (see ``conftest.py``).
 
-Every wait is expressed in :data:`TIMEOUT`; set ``WEBSOCKET_TEST_TIMEOUT`` to
-scale them all on a slow machine.
+Every wait is expressed in :data:`TIMEOUT`, 5000 of the suite's time unit
+(``utils.MS``); set ``WEBSOCKET_TESTS_TIMEOUT_FACTOR`` above 1 to scale them
+all on a slow machine.
 
 """
 
@@ -50,8 +51,8 @@ __all__ = [
     "free_port",
 ]
 
-#: The time unit of the integration tests, in seconds; set
-#: WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
+#: How long to wait for a real server, in seconds: 5000 utils.MS (utils.py
+#: imports this module, so it reads WEBSOCKET_TESTS_TIMEOUT_FACTOR itself).
 TIMEOUT = 5 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
 
 #: The repository: servers run from here, as ``tests.*`` must be importable.

@@ -38,7 +38,7 @@ DATABASES = {
     }
 }
 
-TEMPLATES = []
+TEMPLATES: list[dict[str, object]] = []
 STATIC_URL = "static/"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"

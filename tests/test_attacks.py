@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 
 from . import servers
-from .test_compression import compressed_frame
-from .test_protocol import frame
+from .utils import compressed_frame, frame
 
 MiB = 1024 * 1024
 

@@ -3,8 +3,8 @@ Groups and publishing: the API, the in-memory backend, send queues, configuratio
 
 Unit tests run websockets over socket pairs in this process, with the
 default in-memory backend; the last tests go through a real gunicorn. The
-Redis backend has its own module, ``test_redis.py``; the helpers here serve
-both.
+Redis backend has its own module, ``test_redis.py``; the helpers both use
+are in ``utils.py``.
 
 """
 
@@ -19,7 +19,6 @@ import tracemalloc
 import uuid
 from contextlib import ExitStack
 from types import SimpleNamespace
-from urllib.parse import urlencode
 
 import gevent
 import gevent.select
@@ -49,8 +48,20 @@ from django_websocket.middleware import attach
 from django_websocket.protocol import OP_BINARY, OP_PING, OP_PONG, OP_TEXT
 
 from . import servers
-from .test_middleware import upgrade_request
-from .test_websocket import KEY, MS, TIMEOUT, pairs, wait_for  # noqa: F401 (fixture)
+from .utils import (
+    KEY,
+    MS,
+    TIMEOUT,
+    command,
+    expect,
+    group_name,
+    http_publish,
+    listen,
+    login,
+    publish_from,
+    upgrade_request,
+    wait_for,
+)
 
 LOCMEM = "django_websocket.broadcast.locmem.LocMemBackend"
 REDIS = "django_websocket.broadcast.redis.RedisBackend"
@@ -69,10 +80,6 @@ def opened(pairs, **options):
     websocket.accept()
     client.handshake()
     return websocket, client
-
-
-def group_name() -> str:
-    return f"group-{uuid.uuid4().hex[:12]}"
 
 
 # Publishing and subscribing.
@@ -360,7 +367,7 @@ def test_closing_stops_a_flusher_waiting_for_the_view(pairs):
     for number in range(5):
         publish("stuck", str(number))
     wait_for(lambda: websocket.count_messages() == 1, "the view's queue to fill")
-    flusher = websocket._flusher
+    flusher = websocket._outbox._flusher
     assert flusher is not None
     client.send_close(1000)
     websocket.close()
@@ -374,7 +381,7 @@ def test_pings_are_answered_while_group_messages_wait_for_the_view(pairs):
     websocket.subscribe("slow-view", forward=False)
     for number in range(3):
         publish("slow-view", str(number))
-    wait_for(lambda: websocket._flusher_waits_for_view, "a group message to wait for room")
+    wait_for(lambda: websocket._outbox and websocket._outbox._waits_for_view, "a group message to wait for room")
     client.send_frame(OP_PING, b"still there?")
     assert client.read_frame() == (True, 0, OP_PONG, b"still there?")
     websocket.ping_interval = 10 * MS
@@ -930,50 +937,6 @@ def locmem_server(database, tmp_path_factory):
     server = servers.start_gunicorn(tmp_path_factory.mktemp("locmem") / "server.log", env=env)
     yield server
     server.stop()
-
-
-def listen(stack: ExitStack, server, *groups: str, path: str = "/broadcast/listen/", **kwargs):
-    """Open a websocket subscribed to ``groups``; return it and the pid of its worker."""
-    kwargs.setdefault("max_queue", None)  # read everything the server sends, at once
-    query = "&".join(f"group={group}" for group in groups)
-    websocket = stack.enter_context(servers.connect(server, f"{path}?{query}", **kwargs))
-    greeting = websocket.recv(servers.TIMEOUT)
-    assert greeting.startswith("subscribed "), greeting
-    return websocket, int(greeting.split()[1])
-
-
-def expect(websockets, *messages) -> None:
-    """Each of ``websockets`` receives ``messages``, in this order, and nothing before them."""
-    for websocket in websockets:
-        for message in messages:
-            assert websocket.recv(servers.TIMEOUT) == message
-
-
-def command(websocket, text: str) -> None:
-    websocket.send(text)
-    assert websocket.recv(servers.TIMEOUT) == f"ok {text}"
-
-
-def http_publish(server, group: str, message: str, **params) -> servers.Response:
-    """Publish from a plain view of ``server``."""
-    query = urlencode({"group": group, "message": message, **params})
-    return servers.http_get(server, f"/broadcast/publish/?{query}")
-
-
-def publish_from(websocket, group: str, message: str) -> None:
-    """Publish from the view of ``websocket``, which is in ``group``: it gets the message too."""
-    websocket.send(f"publish {group} {message}")
-    received = {websocket.recv(servers.TIMEOUT), websocket.recv(servers.TIMEOUT)}
-    assert received == {f"ok publish {group} {message}", message}
-
-
-def login(server, username: str) -> dict:
-    """Log ``username`` in; return the headers that carry the session."""
-    response = servers.http_get(server, f"/login/?username={username}")
-    assert response.status == 200, response
-    cookies = [value.split(";")[0] for value in response.headers.get_all("Set-Cookie")]
-    [cookie] = [cookie for cookie in cookies if cookie.startswith("sessionid=")]
-    return {"Cookie": cookie}
 
 
 def test_locmem_publish_from_a_websocket_and_a_plain_view(locmem_server):

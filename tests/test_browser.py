@@ -22,8 +22,7 @@ import pytest
 
 from . import servers
 from .servers import TIMEOUT
-# alice and bob are the first two of this module's users.
-from .test_example import alice, bob, copy_example, manage, start_example, unique  # noqa: F401
+from .utils import copy_example, manage, start_example, unique
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -42,8 +41,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-#: Playwright counts in milliseconds.
-MS = 1000 * TIMEOUT
+#: The timeout of Playwright's actions and expect(), which count in milliseconds.
+PLAYWRIGHT_TIMEOUT_MS = 1000 * TIMEOUT
 
 PASSWORD = "correct horse battery"
 
@@ -70,7 +69,7 @@ def playwright():
             pytest.fail(f"{reason} (CI must run the browser tests)")
         pytest.skip(reason)
     # Every expect() polls for this long at most; actions wait as long (see users).
-    expect.set_options(timeout=MS)
+    expect.set_options(timeout=PLAYWRIGHT_TIMEOUT_MS)
     with sync_playwright() as playwright:
         yield playwright
 
@@ -172,7 +171,7 @@ def users(playwright, site, tmp_path_factory):
                 headless=True,
             )
             contexts.append(context)
-            context.set_default_timeout(MS)
+            context.set_default_timeout(PLAYWRIGHT_TIMEOUT_MS)
             user = User(context, site)
             user.sign_up(unique(name))
             people.append(user)
@@ -279,7 +278,9 @@ def test_pages_reconnect_after_the_server_restarts(site, alice, bob):
     for state in states:
         # The delay doubles at each failed attempt, up to about as long as
         # the server was down: allow for that on a busy machine.
-        expect(state).to_have_attribute("data-state", "connected", timeout=4 * MS)
+        expect(state).to_have_attribute(
+            "data-state", "connected", timeout=4 * PLAYWRIGHT_TIMEOUT_MS
+        )
 
     say(alice_page, "Still there?")
     expect(messages(bob_page).last).to_have_text(f"{alice.username}Still there?")

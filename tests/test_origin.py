@@ -5,12 +5,11 @@ import logging
 import pytest
 from django.test import override_settings
 
-from .test_middleware import get_response, upgrade_request
-from .test_websocket import pairs  # noqa: F401 (fixture)
+from .utils import get_response, upgrade_request
 
 
 @pytest.mark.parametrize("origin", ["http://[", "http://[evil]", "https://[::1", "http://a]b"])
-def test_malformed_origin_gets_403(pairs, caplog, origin):  # noqa: F811 (the fixture)
+def test_malformed_origin_gets_403(pairs, caplog, origin):
     request, websocket, client = upgrade_request(pairs, "/plain/", origin=origin)
     with caplog.at_level(logging.DEBUG), override_settings(WEBSOCKET_ACCEPT_ALL=True):
         response = get_response(request, urlconf="tests.test_middleware")

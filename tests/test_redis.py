@@ -30,7 +30,7 @@ from django_websocket.broadcast.redis import RedisBackend
 
 from . import servers
 from .servers import TIMEOUT
-from .test_broadcast import (
+from .utils import (
     command,
     expect,
     group_name,

@@ -22,7 +22,7 @@ import redis
 from . import servers
 from .proxy import Proxy
 from .servers import TIMEOUT
-from .test_broadcast import group_name
+from .utils import group_name
 
 pytestmark = pytest.mark.skipif(
     servers.redis_server_binary() is None,

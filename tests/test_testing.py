@@ -1,7 +1,6 @@
 """The test client users write their own websocket tests with."""
 
 import logging
-import os
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -15,8 +14,7 @@ from django_websocket.testing import (
     capture_published,
 )
 
-#: The time unit of the tests; set WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
-MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
+from .utils import MS
 
 
 class WebSocketClientTests(TestCase):

@@ -1,19 +1,20 @@
 """
 The WebSocket class over a socket pair, with a hand-written client at the other end.
 
-The helpers here (:class:`Client`, :class:`Pairs`) also serve the middleware
-and decorator tests.
+The client (:class:`utils.Client`) and the ``pairs`` fixture that opens
+both ends (``conftest.py``) also serve the middleware and decorator tests.
 
 """
 
 import os
 import random
 import shutil
-import subprocess
 import socket
+import subprocess
+import gc
 import time
+import weakref
 import zlib
-from collections import namedtuple
 
 import gevent
 import gevent.socket
@@ -22,7 +23,7 @@ import pytest
 from django.utils.safestring import mark_safe
 
 from django_websocket import ConnectionClosed, InvalidState, WebSocket
-from django_websocket.handshake import Handshake, accept_key
+from django_websocket.handshake import Handshake
 from django_websocket.protocol import (
     OP_BINARY,
     OP_CLOSE,
@@ -30,208 +31,24 @@ from django_websocket.protocol import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    Close,
 )
 from django_websocket.websocket import close_all
 
-from .test_compression import compressed_frame
-from .test_protocol import close_frame, frame, traced
-
-#: The time unit of the tests; set WEBSOCKET_TESTS_TIMEOUT_FACTOR on slow machines.
-MS = 0.001 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
-#: How long to wait for something that should happen.
-TIMEOUT = 2000 * MS
-
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+from .utils import (
+    KEY,
+    MS,
+    TIMEOUT,
+    Client,
+    Frame,
+    close_frame,
+    compressed_frame,
+    deadline,
+    frame,
+    traced,
+    wait_for,
+)
 
 MiB = 1024 * 1024
-
-Frame = namedtuple("Frame", "fin rsv opcode payload")
-
-
-def deadline(what: str, seconds: float = TIMEOUT) -> gevent.Timeout:
-    return gevent.Timeout(seconds, AssertionError(f"timed out waiting for {what}"))
-
-
-def wait_for(predicate, what: str) -> None:
-    """Wait until ``predicate()`` is true, at most TIMEOUT."""
-    with deadline(what):
-        while not predicate():
-            gevent.sleep(MS)
-
-
-class Client:
-    """The client end of a socket pair: masked frames out, server frames in."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.pings = 0
-
-    # Writing.
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_frame(self, opcode: int, payload: bytes | str = b"", **flags) -> None:
-        self.send(frame(opcode, payload, **flags))
-
-    def send_text(self, text: str) -> None:
-        self.send_frame(OP_TEXT, text)
-
-    def send_binary(self, data: bytes) -> None:
-        self.send_frame(OP_BINARY, data)
-
-    def send_close(self, code: int | None = 1000, reason: str = "") -> None:
-        self.send(frame(OP_CLOSE) if code is None else close_frame(code, reason))
-
-    # Reading.
-
-    def _receive(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError("the server closed the connection")
-        self.buffer += data
-
-    def read_exactly(self, size: int) -> bytes:
-        with deadline(f"{size} bytes from the server"):
-            while len(self.buffer) < size:
-                self._receive()
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def read_response(self) -> tuple[str, dict]:
-        """Read an HTTP response head: the status line and lowercase header names."""
-        with deadline("an HTTP response"):
-            while b"\r\n\r\n" not in self.buffer:
-                self._receive()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, value = line.split(":", 1)
-            assert name.lower() not in headers, f"duplicate header {name}"
-            headers[name.lower()] = value.strip()
-        return status, headers
-
-    def handshake(self, protocol: str | None = None) -> dict:
-        """Read the 101 and check it; return its headers."""
-        status, headers = self.read_response()
-        assert status == "HTTP/1.1 101 Switching Protocols"
-        assert headers["upgrade"].lower() == "websocket"
-        assert headers["connection"].lower() == "upgrade"
-        assert headers["sec-websocket-accept"] == accept_key(KEY)
-        assert headers.get("sec-websocket-protocol") == protocol
-        return headers
-
-    def read_frame(self) -> Frame:
-        first, second = self.read_exactly(2)
-        assert not second & 0x80, "server frames are never masked"
-        size = second & 0x7F
-        if size == 126:
-            size = int.from_bytes(self.read_exactly(2), "big")
-        elif size == 127:
-            size = int.from_bytes(self.read_exactly(8), "big")
-        return Frame(bool(first & 0x80), first & 0x70, first & 0x0F, self.read_exactly(size))
-
-    def read_message(self):
-        """Read a data frame: str for text, bytes for binary."""
-        received = self.read_frame()
-        assert received.fin and not received.rsv
-        assert received.opcode in (OP_TEXT, OP_BINARY), received
-        return received.payload.decode() if received.opcode == OP_TEXT else received.payload
-
-    def read_close(self) -> tuple[int | None, str]:
-        """Read a close frame; return its code (None if it has none) and reason."""
-        received = self.read_frame()
-        assert received.opcode == OP_CLOSE, received
-        payload = received.payload
-        if not payload:
-            return None, ""
-        return int.from_bytes(payload[:2], "big"), payload[2:].decode()
-
-    def sync(self) -> list:
-        """
-        Ping and wait for the pong: the server has then handled every frame sent before.
-
-        Returns the frames received in the meantime.
-
-        """
-        self.pings += 1
-        token = f"sync {self.pings}".encode()
-        self.send_frame(OP_PING, token)
-        received = []
-        while True:
-            item = self.read_frame()
-            if item.opcode == OP_PONG and item.payload == token:
-                return received
-            received.append(item)
-
-    def assert_closed(self) -> None:
-        """Check that the server closed TCP, with nothing left to read."""
-        assert self.buffer == b"", f"unread data: {self.buffer!r}"
-        with deadline("the end of the TCP connection"):
-            assert self.sock.recv(65536) == b""
-
-    def assert_nothing_sent(self, server: socket.socket) -> None:
-        """Check that the server wrote nothing, by ending its side of the stream."""
-        server.shutdown(socket.SHUT_WR)
-        self.assert_closed()
-
-
-class Pairs:
-    """Open websockets on socket pairs; close everything at the end of a test."""
-
-    def __init__(self) -> None:
-        self.opened = []
-
-    def open(
-        self,
-        handshake: Handshake | None = None,
-        *,
-        protocols=(),
-        origin: str | None = None,
-        **options,
-    ) -> tuple[WebSocket, Client]:
-        server, client = gevent.socket.socketpair()
-        if handshake is None:
-            handshake = Handshake(key=KEY, protocols=list(protocols), origin=origin)
-        options.setdefault("close_timeout", TIMEOUT)
-        # No keepalive greenlet and no write timeout unless a test asks.
-        options.setdefault("ping_interval", None)
-        options.setdefault("send_timeout", None)
-        websocket = WebSocket(server, handshake, **options)
-        self.opened.append((websocket, server, client))
-        return websocket, Client(client)
-
-    def server_socket(self, websocket: WebSocket) -> socket.socket:
-        return next(server for opened, server, _ in self.opened if opened is websocket)
-
-    def close(self) -> None:
-        for websocket, server, client in self.opened:
-            client.close()
-            if websocket.state == "OPEN":
-                # The client is gone: this ends the connection at once, and
-                # resumes reading paused by a full inbox.
-                websocket.close()
-            wait_for(lambda: websocket.state != "OPEN", "the websocket to close")
-        # Let the watchers see the end of their sockets before closing them.
-        gevent.idle()
-        for websocket, server, client in self.opened:
-            server.close()
-
-
-@pytest.fixture
-def pairs():
-    pairs = Pairs()
-    # Nothing in a test may block forever.
-    guard = gevent.Timeout(10 * TIMEOUT, AssertionError("the test hung"))
-    guard.start()
-    try:
-        yield pairs
-        pairs.close()
-    finally:
-        guard.close()
 
 
 @pytest.fixture
@@ -397,11 +214,17 @@ def test_messages_before_the_client_close_are_delivered(connected):
     wait_for(lambda: websocket.close_code is not None, "the client's close frame")
     assert websocket.close_code == 1001
     assert websocket.close_reason == "bye"
-    # ... but the messages before it are still there.
+    # ... but the messages before it are still there, and may be answered:
+    # the closing handshake waits for the view.
+    assert websocket.state == "CLOSING"
+    assert not websocket.closed
     assert websocket.count_messages() == 2
     assert websocket.wait() == "one"
+    websocket.send("one, answered")
     assert websocket.wait() == b"two"
     assert websocket.wait() is None
+    assert websocket.state == "CLOSED"
+    assert client.read_message() == "one, answered"
     assert websocket.wait() is None
     assert websocket.read("fallback") == "fallback"
     assert client.read_close() == (1001, "")
@@ -540,6 +363,7 @@ def test_close_waits_for_the_client_then_closes_tcp(connected):
         assert client.read_close() == (3000, "done here")
         assert not closer.ready(), "close() waits for the client's close frame"
         assert websocket.closed
+        assert websocket.state == "CLOSING"
         # Frames the client sent before its close frame are ignored.
         client.send_text("ignored")
         client.send_close(1000, "ok")
@@ -1037,7 +861,7 @@ def test_tls_ping_answered_while_the_socket_is_full(certificate):
         for sock in [locals().get("filler"), locals().get("drain")]:
             if sock is not None:
                 sock.close()
-        websocket._connection_lost()
+        websocket._close_tcp()
         client.sock.close()
         server.close()
 
@@ -1054,12 +878,12 @@ def test_close_frame_is_written_when_the_clients_arrives_as_the_lock_is_released
 
     def view():
         websocket.send(big)
-        assert not websocket._write_lock.locked()
+        assert not websocket._writer.lock.locked()
         # What the hub does when the close frame arrives at that moment.
-        websocket._dispatch([Close(1000, "")])
+        websocket._on_data(close_frame(1000))
 
     sender = gevent.spawn(view)
-    wait_for(websocket._write_lock.locked, "the view blocked in send()")
+    wait_for(websocket._writer.lock.locked, "the view blocked in send()")
     closer = gevent.spawn(websocket.close, 1000, "bye")
     gevent.sleep(0)  # close() finds the lock held: a greenlet waits to write
     assert client.read_message() == big
@@ -1068,3 +892,33 @@ def test_close_frame_is_written_when_the_clients_arrives_as_the_lock_is_released
     assert client.read_close() == (1000, "bye")
     closer.join(TIMEOUT)
     assert websocket.state == "CLOSED"
+
+
+# Memory: each of thousands of connections is freed as soon as it is
+# dropped, by reference counting, not at the cycle collector's next full
+# collection.
+
+
+@pytest.mark.parametrize("accepted", [True, False], ids=["closed", "refused"])
+def test_a_websocket_is_freed_as_soon_as_it_is_dropped(accepted):
+    server, client_sock = gevent.socket.socketpair()
+    client = Client(client_sock)
+    websocket = WebSocket(server, Handshake(key=KEY), ping_interval=None)
+    if accepted:
+        websocket.accept()
+        client.handshake()
+        client.send_frame(OP_TEXT, b"hello")
+        assert websocket.wait(timeout=TIMEOUT) == "hello"
+        client.send_close(1000)
+        websocket.close()
+        assert websocket.state == "CLOSED"
+    gc.disable()
+    try:
+        freed = weakref.ref(websocket)
+        del websocket
+        gevent.idle()
+        assert freed() is None
+    finally:
+        gc.enable()
+        client_sock.close()
+        server.close()

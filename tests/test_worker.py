@@ -1,5 +1,8 @@
-"""The worker module: as gunicorn's master process imports it, and its handler on raw sockets."""
+"""
+The worker and server modules: what importing them loads, and the handler on raw sockets.
+"""
 
+import os
 import subprocess
 import sys
 import time
@@ -7,7 +10,7 @@ import time
 import gevent
 import pytest
 
-from .test_websocket import MS, TIMEOUT
+from .utils import MS, TIMEOUT
 
 # How long a connection must stay quiet to count as kept open.
 QUIET = 200 * MS
@@ -28,15 +31,52 @@ def test_importing_the_worker_does_not_import_django_db_or_settings():
     assert result.stdout.strip() == "False False"
 
 
-def test_the_worker_uses_our_handler():
-    from django_websocket.worker import (
-        GeventWebSocketWorker,
-        GunicornWebSocketHandler,
-        WebSocketHandler,
+def test_importing_the_server_does_not_import_gunicorn():
+    # runserver and the test client serve with it, without gunicorn.
+    code = (
+        "import sys, django; django.setup(); import django_websocket.server; "
+        "import django_websocket.testing; import django_websocket.management.commands.runserver; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'gunicorn'))"
     )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_worker_uses_our_handler():
+    from django_websocket import server, worker
+    from django_websocket.worker import GeventWebSocketWorker, GunicornWebSocketHandler
 
     assert GeventWebSocketWorker.wsgi_handler is GunicornWebSocketHandler
-    assert issubclass(GunicornWebSocketHandler, WebSocketHandler)
+    assert issubclass(GunicornWebSocketHandler, server.WebSocketHandler)
+    # Documented in both places.
+    assert worker.WebSocketHandler is server.WebSocketHandler
+    assert worker.adopt is server.adopt
+
+
+def test_several_workers_with_the_in_memory_backend_are_warned_about(settings):
+    from django_websocket.checks import in_memory_broadcast_warning
+
+    assert in_memory_broadcast_warning(None) is None
+    assert in_memory_broadcast_warning(1, running=True) is None
+    running = in_memory_broadcast_warning(3, running=True)
+    configured = in_memory_broadcast_warning(3)
+    assert running is not None and configured is not None
+    assert running.id == configured.id == "django_websocket.W002"
+    assert running.msg.startswith("gunicorn runs 3 workers, but WEBSOCKET_BROADCAST")
+    assert configured.msg.startswith("gunicorn is configured with 3 workers, but")
+    settings.WEBSOCKET_BROADCAST = {
+        "BACKEND": "django_websocket.broadcast.redis.RedisBackend",
+        "LOCATION": "redis://127.0.0.1:6379/0",
+    }
+    assert in_memory_broadcast_warning(3, running=True) is None
+    settings.WEBSOCKET_BROADCAST = "not a dict"  # E001, from check_settings
+    assert in_memory_broadcast_warning(3, running=True) is None
 
 
 def test_websockets_get_the_settings():
@@ -44,7 +84,7 @@ def test_websockets_get_the_settings():
     from django.test import override_settings
 
     from django_websocket.handshake import Handshake
-    from django_websocket.worker import _new_websocket
+    from django_websocket.server import _new_websocket
 
     server, client = gevent.socket.socketpair()
     try:
@@ -70,7 +110,7 @@ def test_websocket_sockets_have_tcp_nodelay():
     import gevent.socket
 
     from django_websocket.handshake import Handshake
-    from django_websocket.worker import _new_websocket
+    from django_websocket.server import _new_websocket
 
     listener = gevent.socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -99,7 +139,7 @@ def serve():
     """Serve a WSGI app with WebSocketHandler; return the port."""
     from gevent import pywsgi
 
-    from django_websocket.worker import WebSocketHandler
+    from django_websocket.server import WebSocketHandler
 
     servers = []
 
@@ -160,7 +200,7 @@ def test_error_after_accept_closes_with_1011(serve, caplog, settings, error):
     # A close frame, 1011, and no HTTP 500 written into the websocket.
     assert frames[:4] == b"\x88\x1b\x03\xf3", frames
     assert b"HTTP/1.1 500" not in frames
-    logged = [record for record in caplog.records if record.name == "django_websocket.worker"]
+    logged = [record for record in caplog.records if record.name == "django_websocket.server"]
     assert len(logged) == (0 if isinstance(error, gevent.GreenletExit) else 1)
 
 
@@ -212,7 +252,7 @@ def test_refused_head_is_logged_with_its_status(handler, before):
     from gevent import pywsgi
 
     from django_websocket.management.commands.runserver import DevelopmentHandler
-    from django_websocket.worker import WebSocketHandler
+    from django_websocket.server import WebSocketHandler
 
     handler_class = DevelopmentHandler if handler == "runserver" else WebSocketHandler
     log = _Log()
@@ -370,13 +410,13 @@ def test_response_that_closes_does_not_wait_for_the_body(serve, settings, reques
 def test_upgrade_whose_head_ends_after_stop_began_is_refused_with_503(serve, monkeypatch):
     import gevent.socket
 
-    from django_websocket import worker
+    from django_websocket import server
 
     port = serve(ok)
     with gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(HANDSHAKE[:40])  # the request line and part of the headers
         gevent.sleep(20 * MS)  # the handler waits for the rest
-        monkeypatch.setattr(worker, "_stopping", True)
+        monkeypatch.setattr(server, "_stopping", True)
         sock.sendall(HANDSHAKE[40:])
         received = b""
         while chunk := sock.recv(65536):
@@ -409,19 +449,19 @@ def test_websocket_accepted_after_stop_began_is_closed_with_1001(serve, monkeypa
 def test_stop_ends_idle_connections_and_serves_requests_arriving(serve, monkeypatch):
     import gevent.socket
 
-    from django_websocket import worker
+    from django_websocket import server
 
-    monkeypatch.setattr(worker, "_stopping", False)  # restored after the test
+    monkeypatch.setattr(server, "_stopping", False)  # restored after the test
     port = serve(ok)
     with (
         gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as idle,
         gevent.socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as arriving,
     ):
         with gevent.Timeout(TIMEOUT):
-            while len(worker._waiting_for_request) < 2:
+            while len(server._waiting_for_request) < 2:
                 gevent.sleep(MS)
         arriving.sendall(HANDSHAKE)
-        worker._stop_waiting_for_requests()  # before the handler reads the request
+        server.stop_waiting_for_requests()  # before the handler reads the request
         assert idle.recv(1) == b""
         received = b""
         while chunk := arriving.recv(65536):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -37,7 +38,7 @@ from .base import (
     user_group,
 )
 
-__all__ = ["publish", "send_to_user", "broadcast", "get_backend", "GroupMessage"]
+__all__ = ["publish", "send_to_user", "broadcast", "get_backend", "create_backend", "GroupMessage"]
 
 _backend: BaseBackend | None = None
 _creating = threading.Lock()
@@ -77,7 +78,7 @@ def publish(group: str, message: Message | bytearray | memoryview) -> None:
     _publish(check_group(group), message)
 
 
-def send_to_user(user, message: Message | bytearray | memoryview) -> None:
+def send_to_user(user: object, message: Message | bytearray | memoryview) -> None:
     """
     Send ``message`` to every websocket opened by ``user``, in every tab and on every device.
 
@@ -103,15 +104,23 @@ def broadcast(message: Message | bytearray | memoryview) -> None:
     _publish(BROADCAST_GROUP, message)
 
 
-# Lists that django_websocket.testing.capture_published() fills.
-_captures: list[list] = []
+class Recorder(Protocol):
+    """Something that records the messages published from this process."""
+
+    def record(self, group: str, message: Message) -> None:
+        """Record that ``message`` was published to ``group``."""
+
+
+#: The recorders of this process: django_websocket.testing.capture_published()
+#: adds one while it records.
+recorders: list[Recorder] = []
 
 
 def _publish(group: str, message: Message | bytearray | memoryview) -> None:
     message = normalize(message)
     get_backend().publish(group, message)
-    for capture in _captures:
-        capture.append((group, message))
+    for recorder in recorders:
+        recorder.record(group, message)
 
 
 def get_backend() -> BaseBackend:
@@ -134,14 +143,27 @@ def get_backend() -> BaseBackend:
     with _creating:
         if _backend is not None:
             return _backend
-        backend = _backend = _create_backend()
+        backend = _backend = create_backend()
     # Websockets that joined groups under a previous configuration.
     for group in registry.groups():
         backend.subscribe(group)
     return backend
 
 
-def _create_backend() -> BaseBackend:
+def create_backend() -> BaseBackend:
+    """
+    Return a new backend, as :data:`WEBSOCKET_BROADCAST` configures it.
+
+    Unlike :func:`get_backend`, it is neither cached nor subscribed to any
+    group: it serves to check the setting, as ``manage.py check`` does
+    (``django_websocket.E002``). Call its ``close()`` when done.
+
+    Raises:
+        ImproperlyConfigured: the setting is wrong, the backend cannot be
+            imported, or it refuses its ``LOCATION`` or ``OPTIONS``; the
+            message says how.
+
+    """
     config = settings.BROADCAST
     path = config["BACKEND"]
     try:
@@ -163,7 +185,7 @@ def _create_backend() -> BaseBackend:
     return backend_class(config["LOCATION"], config["OPTIONS"])
 
 
-def _reset(*, setting: str, **kwargs) -> None:
+def _reset(*, setting: str, **kwargs: object) -> None:
     global _backend
     if setting != "WEBSOCKET_BROADCAST":
         return

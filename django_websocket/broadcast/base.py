@@ -18,8 +18,9 @@ import logging
 import os
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Any, Protocol, Union
 
 import gevent
 
@@ -78,7 +79,7 @@ def check_group(group: str) -> str:
     return group
 
 
-def user_group(user) -> str:
+def user_group(user: object) -> str:
     """
     Return the group of every websocket opened by ``user``, a user or its primary key.
 
@@ -92,7 +93,7 @@ def user_group(user) -> str:
     return f"{RESERVED_PREFIX}user.{pk}"
 
 
-def normalize(message) -> Message:
+def normalize(message: Message | bytearray | memoryview) -> Message:
     """
     Return ``message`` as exactly :class:`str` or :class:`bytes`.
 
@@ -100,11 +101,12 @@ def normalize(message) -> Message:
         TypeError: ``message`` is neither text nor bytes-like.
 
     """
-    kind = type(message)
-    if kind is str or kind is bytes:
+    if isinstance(message, str):
+        # A str subclass, such as Django's SafeString, becomes a str.
+        return message if type(message) is str else str.__str__(message)
+    if type(message) is bytes:
         return message
-    if check_message(message):
-        return str.__str__(message)  # a str subclass, such as Django's SafeString
+    check_message(message)  # raises TypeError unless message is bytes-like
     return bytes(message)
 
 
@@ -142,17 +144,22 @@ class Member(Protocol):
         """Give ``message`` to the view (``forward=False``); ``size`` is its payload's, in bytes."""
 
 
-class _Member(weakref.ref):
+class _Member(weakref.ref[Member]):
     """A weak reference to a websocket in a group, that knows the group."""
 
     # Every websocket is in a group or two: keep the reference small.
     __slots__ = ("group",)
 
-    def __new__(cls, websocket, callback, group: str):
+    def __new__(
+        cls, websocket: Member, callback: Callable[[_Member], None], group: str
+    ) -> _Member:
         return super().__new__(cls, websocket, callback)
 
-    def __init__(self, websocket, callback, group: str) -> None:
-        super().__init__(websocket, callback)
+    def __init__(
+        self, websocket: Member, callback: Callable[[_Member], None], group: str
+    ) -> None:
+        # typeshed declares no weakref.ref.__init__, which the C type has.
+        super().__init__(websocket, callback)  # type: ignore[call-arg]
         self.group = group
 
 
@@ -167,17 +174,17 @@ class Registry:
 
     def __init__(self) -> None:
         # group -> {weak reference to a websocket: forward}
-        self._groups: dict[str, dict[weakref.ref, bool]] = {}
+        self._groups: dict[str, dict[weakref.ref[Member], bool]] = {}
         self._forget_member = self._forget  # one bound method for every reference
 
-    def add(self, websocket, group: str, forward: bool = True) -> None:
+    def add(self, websocket: Member, group: str, forward: bool = True) -> None:
         """Add ``websocket`` to ``group``, or change whether it forwards that group's messages."""
         members = self._groups.get(group)
         if members is None:
             members = self._groups[group] = {}
         members[_Member(websocket, self._forget_member, group)] = forward
 
-    def discard(self, websocket, group: str) -> bool:
+    def discard(self, websocket: Member, group: str) -> bool:
         """Remove ``websocket`` from ``group``; tell whether this process has no member left."""
         members = self._groups.get(group)
         if members is None:
@@ -203,7 +210,7 @@ class Registry:
         """Return the groups that have members in this process."""
         return list(self._groups)
 
-    def members(self, group: str) -> list:
+    def members(self, group: str) -> list[Member]:
         """Return the websockets of this process in ``group``."""
         members = self._groups.get(group, {})
         found = map(weakref.ref.__call__, members)
@@ -231,7 +238,7 @@ class Registry:
 
     def deliver_message(self, group: str, message: Message) -> int:
         """Like :meth:`deliver`, for a message as :func:`normalize` returns it."""
-        if type(message) is str:
+        if isinstance(message, str):
             return self.deliver(group, OP_TEXT, message.encode(), message)
         return self.deliver(group, OP_BINARY, message, message)
 
@@ -247,7 +254,8 @@ registry = Registry()
 # own (see WebSocket.deliver_frame). One greenlet for every connection is much
 # faster than one per connection and per message.
 
-_jobs: list = []  # (group, opcode, payload, message, members)
+_Job = tuple[str, int, bytes, Union[Message, None], list[tuple[weakref.ref[Member], bool]]]
+_jobs: list[_Job] = []  # (group, opcode, payload, message, members)
 _writer_running = False
 
 
@@ -317,7 +325,7 @@ class BaseBackend:
 
     """
 
-    def __init__(self, location: str, options: dict) -> None:
+    def __init__(self, location: str, options: dict[str, Any]) -> None:
         self.location = location
         self.options = options
 

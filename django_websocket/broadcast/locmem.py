@@ -10,6 +10,8 @@ a Celery worker), use :mod:`django_websocket.broadcast.redis`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gevent
 from django.core.exceptions import ImproperlyConfigured
 
@@ -29,7 +31,7 @@ class LocMemBackend(BaseBackend):
 
     """
 
-    def __init__(self, location: str, options: dict) -> None:
+    def __init__(self, location: str, options: dict[str, Any]) -> None:
         if location:
             raise ImproperlyConfigured(
                 "WEBSOCKET_BROADCAST['LOCATION'] must be empty with the LocMemBackend, which "

@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -54,6 +54,9 @@ from ..exceptions import BroadcastError
 from . import wire
 from ._subscriptions import Subscriptions
 from .base import BaseBackend, Message, registry
+
+if TYPE_CHECKING:
+    from redis.cluster import RedisCluster
 
 __all__ = ["OPTIONS", "RedisBackend"]
 
@@ -114,7 +117,34 @@ _IDLE_TIME = 30.0
 _MAX_IGNORED = 100
 
 
-def _check_options(options: dict) -> dict:
+class _Connection(Protocol):
+    """What the backend uses of a redis-py connection, whose methods have no annotations."""
+
+    def connect(self) -> None: ...
+
+    def disconnect(self) -> None: ...
+
+    def pack_command(self, *args: str | bytes) -> list[bytes]: ...
+
+    def pack_commands(self, commands: list[tuple[str, ...]]) -> list[bytes]: ...
+
+    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None: ...
+
+    def can_read(self, timeout: float = 0) -> bool: ...
+
+    def read_response(self, *, disconnect_on_error: bool = True) -> Any: ...
+
+
+class _Target(TypedDict, total=False):
+    """What redis-py needs to reach a deployment: a URL, or else nodes and arguments."""
+
+    url: str  # redis
+    nodes: list[tuple[str, int]]  # sentinel, cluster
+    service: str  # sentinel
+    kwargs: dict[str, Any]  # sentinel, cluster
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise ImproperlyConfigured(
@@ -154,7 +184,7 @@ def _check_options(options: dict) -> dict:
     return values
 
 
-def _parse_location(location: str) -> tuple[str, dict]:
+def _parse_location(location: str) -> tuple[str, _Target]:
     """Return the kind of deployment and what redis-py needs to reach it."""
     scheme = location.partition("://")[0].lower() if "://" in location else ""
     kind = _SCHEMES.get(scheme)
@@ -166,7 +196,8 @@ def _parse_location(location: str) -> tuple[str, dict]:
         )
     if kind == "redis":
         try:
-            redis.connection.parse_url(location)
+            # redis-py's parse_url() has no annotations.
+            redis.connection.parse_url(location)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise ImproperlyConfigured(
                 f"WEBSOCKET_BROADCAST['LOCATION'] {location!r} is not a valid Redis URL: {exc}"
@@ -206,7 +237,8 @@ def _parse_location(location: str) -> tuple[str, dict]:
     if parts.query:
         plain += "?" + parts.query
     try:
-        kwargs = redis.connection.parse_url(plain)
+        # redis-py's parse_url() has no annotations.
+        kwargs: dict[str, Any] = redis.connection.parse_url(plain)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ImproperlyConfigured(
             f"WEBSOCKET_BROADCAST['LOCATION'] {location!r} is not a valid URL: {exc}"
@@ -217,7 +249,10 @@ def _parse_location(location: str) -> tuple[str, dict]:
         kwargs["ssl"] = True
     if kind == "cluster":
         kwargs.pop("db", None)  # a cluster has only database 0
-    return kind, {"nodes": nodes, "service": service, "kwargs": kwargs}
+    target: _Target = {"nodes": nodes, "kwargs": kwargs}
+    if service is not None:
+        target["service"] = service
+    return kind, target
 
 
 def _without_password(location: str) -> str:
@@ -271,7 +306,7 @@ class RedisBackend(BaseBackend):
 
     """
 
-    def __init__(self, location: str, options: dict) -> None:
+    def __init__(self, location: str, options: dict[str, Any]) -> None:
         options = _check_options(options)
         self.kind, self._target = _parse_location(location)
         super().__init__(location, options)
@@ -285,7 +320,7 @@ class RedisBackend(BaseBackend):
         self.max_connections: int = options["MAX_CONNECTIONS"]
         #: The location without its password, for logs.
         self.display = _without_password(location)
-        self._publisher = None
+        self._publisher: _Publisher | RedisCluster | None = None
         self._publisher_pid: int | None = None
         self._publish_failing = False
         self._subscriber: _Subscriber | None = None
@@ -347,7 +382,7 @@ class RedisBackend(BaseBackend):
             )
         return BroadcastError(f"cannot publish to Redis at {self.display}: {exc}")
 
-    def _get_publisher(self):
+    def _get_publisher(self) -> _Publisher | RedisCluster:
         publisher = self._publisher
         pid = os.getpid()
         if publisher is not None and self._publisher_pid == pid:
@@ -365,22 +400,22 @@ class RedisBackend(BaseBackend):
         publisher.close()
         return kept
 
-    def _new_publisher(self):
+    def _new_publisher(self) -> _Publisher | RedisCluster:
         kwargs = self._client_kwargs(subscriber=False)
         if self.kind == "cluster":
             # Fail fast: one immediate retry on a broken connection, none
             # on a timeout. (Creating the client connects.)
             retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-            return self._make_client(kwargs, retry)
-        client = self._make_client(kwargs, Retry(NoBackoff(), 0))
+            return cast("RedisCluster", self._make_client(kwargs, retry))
+        client = cast(redis.Redis, self._make_client(kwargs, Retry(NoBackoff(), 0)))
         # A publish on a new connection takes its connection, redis-py's
         # handshake, then the PUBLISH: a healthy Redis frees one within
         # both timeouts.
         wait = self.socket_connect_timeout + self.socket_timeout
         return _Publisher(client.connection_pool, self.max_connections, wait)
 
-    def _client_kwargs(self, *, subscriber: bool) -> dict:
-        kwargs = {
+    def _client_kwargs(self, *, subscriber: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
             "socket_connect_timeout": self.socket_connect_timeout,
             # The subscriber waits for messages as long as it takes; a
             # message that starts arriving must end within the interval.
@@ -393,7 +428,7 @@ class RedisBackend(BaseBackend):
             kwargs["protocol"] = 2  # pub/sub messages as RESP2 arrays
         return kwargs
 
-    def _make_client(self, kwargs: dict, retry: Retry):
+    def _make_client(self, kwargs: dict[str, Any], retry: Retry) -> redis.Redis | RedisCluster:
         """Return a redis-py client for publishing; only a cluster's connects at once."""
         target = self._target
         if self.kind == "redis":
@@ -403,16 +438,22 @@ class RedisBackend(BaseBackend):
             sentinel = redis.sentinel.Sentinel(
                 target["nodes"], sentinel_kwargs=self._sentinel_kwargs()
             )
-            return sentinel.master_for(target["service"], retry=retry, **kwargs)
+            # redis-py's master_for() has no return annotation: it returns a redis.Redis.
+            client: redis.Redis = sentinel.master_for(target["service"], retry=retry, **kwargs)
+            return client
         from redis.cluster import ClusterNode, RedisCluster
 
         return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target["nodes"]],
+            # redis-py's ClusterNode() has no annotations.
+            startup_nodes=[
+                ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in target["nodes"]
+            ],
             retry=retry,
             **kwargs,
         )
 
-    def _sentinel_kwargs(self) -> dict:
+    def _sentinel_kwargs(self) -> dict[str, Any]:
         return {
             "socket_connect_timeout": self.socket_connect_timeout,
             "socket_timeout": self.socket_timeout,
@@ -441,7 +482,7 @@ class RedisBackend(BaseBackend):
         if publisher is not None and self._publisher_pid == os.getpid():
             publisher.close()
 
-    def _subscriber_connection(self):
+    def _subscriber_connection(self) -> _Connection:
         """Return a new, unconnected redis-py connection that receives every published message."""
         kwargs = self._client_kwargs(subscriber=True)
         retry = Retry(NoBackoff(), 0)  # the listener retries, with backoff
@@ -451,11 +492,13 @@ class RedisBackend(BaseBackend):
             return pool.make_connection()
         if self.kind == "sentinel":
             # Connecting asks the sentinels where the master is.
-            return self._make_client(kwargs, retry).connection_pool.make_connection()
+            client = cast(redis.Redis, self._make_client(kwargs, retry))
+            return client.connection_pool.make_connection()
         # PUBLISH reaches every node of a cluster: subscribe on any.
-        cluster = self._make_client(kwargs, retry)
+        cluster = cast("RedisCluster", self._make_client(kwargs, retry))
         try:
-            node = cluster.get_random_node()
+            # redis-py's get_random_node() has no annotations.
+            node = cluster.get_random_node()  # type: ignore[no-untyped-call]
             return cluster.get_redis_connection(node).connection_pool.make_connection()
         finally:
             cluster.close()
@@ -496,7 +539,7 @@ class _Publisher:
         self.pool = pool  # a Sentinel's connections find the master through it
         self.limit = limit
         self.timeout = timeout
-        self.idle: list[tuple[Any, float]] = []  # (connection, since), most recent last
+        self.idle: list[tuple[_Connection, float]] = []  # (connection, since), most recent last
         self.open = 0  # connections open, or being opened
         self.freed_at = 0.0  # when a connection was last given back or closed
         self.waiting = 0  # callers in _acquire's slow path
@@ -515,7 +558,7 @@ class _Publisher:
                 connection.send_packed_command(
                     connection.pack_command("PUBLISH", channel, data), check_health=False
                 )
-                count = connection.read_response()
+                count: int = connection.read_response()
             except redis.ResponseError:
                 self._release(connection)  # Redis refused this command only
                 raise
@@ -535,7 +578,7 @@ class _Publisher:
     # list.pop() and list.append() are atomic. Counting open connections,
     # waiting for one and closing idle ones take the lock.
 
-    def _acquire(self, new: bool) -> tuple[Any, bool]:
+    def _acquire(self, new: bool) -> tuple[_Connection, bool]:
         """Return an idle connection and True, or a new one and False; wait if need be."""
         if not new:
             try:
@@ -558,7 +601,7 @@ class _Publisher:
             self._closed_one()
             raise
 
-    def _wait_for_room(self, new: bool) -> Any:
+    def _wait_for_room(self, new: bool) -> _Connection | None:
         """With the lock held: return an idle connection, or count a new one and return None."""
         start = time.monotonic()
         while True:
@@ -579,13 +622,13 @@ class _Publisher:
                 )
             self.freed.wait(remaining)
 
-    def _pop_idle(self, index: int) -> Any:
+    def _pop_idle(self, index: int) -> _Connection | None:
         try:
             return self.idle.pop(index)[0]
         except IndexError:  # none, or the last one taken meanwhile
             return None
 
-    def _release(self, connection: Any) -> None:
+    def _release(self, connection: _Connection) -> None:
         now = self.freed_at = time.monotonic()
         idle = self.idle
         idle.append((connection, now))
@@ -597,7 +640,7 @@ class _Publisher:
         elif len(idle) > _MAX_IDLE and self.reaper is None:
             self._start_reaper(_IDLE_TIME)
 
-    def _close(self, connection: Any) -> None:
+    def _close(self, connection: _Connection) -> None:
         connection.disconnect()
         self._closed_one()
 
@@ -668,7 +711,7 @@ class _Subscriber:
         self.backend = backend
         self.pid = os.getpid()
         self.state = CONNECTING
-        self.connection = None
+        self.connection: _Connection | None = None
         self.subscriptions = Subscriptions()
         self.waiters: dict[str, Event] = {}  # by group, until Redis confirms it
         self.ping = False
@@ -793,7 +836,7 @@ class _Subscriber:
         self.failures = doublings + 1
         return min(high, low * 2.0**doublings) * random.uniform(0.5, 1.0)
 
-    def _connected(self, connection: Any) -> None:
+    def _connected(self, connection: _Connection) -> None:
         """Make ``connection`` the current one: it subscribes to every group of this process."""
         # The PING's answer tells that it works.
         subscriptions = self.subscriptions
@@ -819,7 +862,7 @@ class _Subscriber:
             )
             self.outage_since = None
 
-    def _lost(self, connection: Any, exc: Exception) -> None:
+    def _lost(self, connection: _Connection | None, exc: Exception) -> None:
         was = self.state
         self.connection = None
         self.state = DOWN
@@ -837,7 +880,7 @@ class _Subscriber:
         else:
             logger.debug("cannot connect to Redis at %s: %s", self.backend.display, exc)
 
-    def _read(self, connection: Any) -> None:
+    def _read(self, connection: _Connection) -> None:
         """Read messages and replies until the connection fails; hand messages to the registry."""
         interval = self.backend.health_check_interval
         prefix = self.backend.prefix.encode()

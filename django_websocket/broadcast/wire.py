@@ -22,7 +22,7 @@ _TEXT_PREFIX, _BINARY_PREFIX = bytes([TEXT]), bytes([BINARY])
 
 def encode(message: str | bytes) -> bytes:
     """Return ``message`` as a backend carries it: the type byte, then the payload."""
-    if type(message) is str:
+    if isinstance(message, str):
         return _TEXT_PREFIX + message.encode()
     return _BINARY_PREFIX + message
 

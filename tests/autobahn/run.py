@@ -22,8 +22,9 @@ Environment:
     AUTOBAHN_VENV           the Python 2.7 virtualenv holding wstest (default:
                             ``${XDG_CACHE_HOME:-~/.cache}/django-websocket/autobahn-py27``);
                             create it with ``tests/autobahn/install.sh``.
-    WEBSOCKET_TESTS_TIMEOUT_FACTOR  scales the test suite's time unit of 5 s:
-                            the server gets 6 units to start and 2 to stop.
+    WEBSOCKET_TESTS_TIMEOUT_FACTOR  scales the test suite's waits, here UNIT (5 s,
+                            as tests/servers.py's TIMEOUT): the server gets 6
+                            units to start and 2 to stop.
 
 SIGTERM and SIGINT stop the server and wstest before the script exits.
 
@@ -68,7 +69,7 @@ PROFILES = {
 BEHAVIORS = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"]
 GOOD = {"OK", "INFORMATIONAL"}
 
-# The time unit of the test suite (see tests/servers.py), for the server's deadlines.
+# The test suite's wait for a real server (TIMEOUT in tests/servers.py), for its deadlines.
 UNIT = 5 * float(os.environ.get("WEBSOCKET_TESTS_TIMEOUT_FACTOR", "1"))
 SERVER_START_TIMEOUT = 6 * UNIT
 SERVER_STOP_TIMEOUT = 2 * UNIT

@@ -4,7 +4,7 @@
 It keeps everything Django's runserver does (autoreloader, banner, system
 checks, static files when ``django.contrib.staticfiles`` is installed) and
 replaces only the server: gevent's WSGI server with
-:class:`~django_websocket.worker.WebSocketHandler`. List ``django_websocket``
+:class:`~django_websocket.server.WebSocketHandler`. List ``django_websocket``
 above ``django.contrib.staticfiles`` in ``INSTALLED_APPS``.
 
 """
@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import logging
 import socket as stdlib_socket
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from gevent import monkey, pywsgi, socket
 
-from django_websocket.worker import WebSocketHandler
+from django_websocket.server import WebSocketHandler
 
-if apps.is_installed("django.contrib.staticfiles"):
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    # What both commands have: staticfiles' adds options to Django's.
+    from django.core.management.commands.runserver import Command as RunserverCommand
+elif apps.is_installed("django.contrib.staticfiles"):
     from django.contrib.staticfiles.management.commands.runserver import (
         Command as RunserverCommand,
     )
@@ -51,13 +57,19 @@ class WebSocketServer:
 
     Django builds it with the same arguments; it binds at once, so that an
     address in use raises as it does with Django's server, and serves with
-    gevent's pywsgi and :class:`~django_websocket.worker.WebSocketHandler`.
+    gevent's pywsgi and :class:`~django_websocket.server.WebSocketHandler`.
 
     """
 
     request_queue_size = 128
 
-    def __init__(self, server_address, RequestHandlerClass=None, ipv6=False, **kwargs):
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        RequestHandlerClass: object = None,  # Django's; pywsgi has its own
+        ipv6: bool = False,
+        **kwargs: object,
+    ) -> None:
         family = stdlib_socket.AF_INET6 if ipv6 else stdlib_socket.AF_INET
         listener = socket.socket(family, stdlib_socket.SOCK_STREAM)
         listener.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
@@ -70,9 +82,9 @@ class WebSocketServer:
         self.socket = listener
         self.server_address = listener.getsockname()
         self.server_port = self.server_address[1]
-        self.application = None
+        self.application: WSGIApplication | None = None
 
-    def set_app(self, application) -> None:
+    def set_app(self, application: WSGIApplication) -> None:
         self.application = application
 
     def serve_forever(self) -> None:
@@ -90,9 +102,11 @@ class WebSocketServer:
 class Command(RunserverCommand):
     help = "Starts a development server that also serves websockets."
 
-    server_cls = WebSocketServer
+    # django-stubs want a subclass of Django's WSGIServer; Django only calls
+    # what WebSocketServer has (the constructor, set_app(), serve_forever()).
+    server_cls = WebSocketServer  # type: ignore[assignment]
 
-    def inner_run(self, *args, **options):
+    def inner_run(self, *args: Any, **options: Any) -> None:
         if not monkey.is_module_patched("socket"):
             self.stderr.write(self.style.WARNING(MONKEY_PATCH_WARNING))
         super().inner_run(*args, **options)
