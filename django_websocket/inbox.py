@@ -35,7 +35,7 @@ class Inbox:
     """
 
     # One per connection: no __dict__.
-    __slots__ = ("messages", "limit", "ended", "has_reader", "_waiters", "_room")
+    __slots__ = ("messages", "limit", "ended", "has_reader", "room", "_waiters")
 
     def __init__(self, limit: int) -> None:
         #: The messages, oldest first; short, so a list.
@@ -47,8 +47,9 @@ class Inbox:
         #: Whether the view reads messages (a view that never reads is not
         #: waited for when the connection closes).
         self.has_reader = False
+        #: The greenlet waiting for room (see :meth:`wait_for_room`), if any.
+        self.room: Waiter[None] | None = None
         self._waiters: list[Waiter[None]] = []  # views blocked in a wait, and close() calls
-        self._room: Waiter[None] | None = None  # a greenlet waiting for room
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -99,7 +100,7 @@ class Inbox:
         """
         while len(self.messages) >= self.limit:
             waiter: Waiter[None] = Waiter()
-            self._room = waiter
+            self.room = waiter
             waiter.get()
             if self.ended:
                 return False
@@ -107,14 +108,9 @@ class Inbox:
 
     def room_made(self) -> None:
         """Messages left: let in the greenlet that waits for room, if there is room."""
-        room, self._room = self._room, None
+        room, self.room = self.room, None
         if room is not None:
             wake(room)
-
-    @property
-    def wanted(self) -> bool:
-        """Whether a greenlet waits for room."""
-        return self._room is not None
 
 
 def wake(waiter: Waiter[None]) -> None:

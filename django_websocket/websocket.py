@@ -303,7 +303,7 @@ class WebSocket:
                 self._reached_end()
                 return None
         message = inbox.messages.pop(0)
-        if self._paused or inbox.wanted:
+        if self._paused or inbox.room is not None:
             self._make_room()
         return message  # type: ignore[return-value]  # a Message or GroupMessage
 
@@ -323,7 +323,7 @@ class WebSocket:
                 self._reached_end()
             return fallback
         message = inbox.messages.pop(0)
-        if self._paused or inbox.wanted:
+        if self._paused or inbox.room is not None:
             self._make_room()
         return message  # type: ignore[return-value]  # a Message or GroupMessage
 
@@ -376,7 +376,11 @@ class WebSocket:
             engine.check_message(message)  # refuse a wrong type before the 101
             self.accept()
         if connection.deflate is None:
-            self._write(connection.send_message(message))
+            # The frame of an uncompressed message depends on nothing else:
+            # build it outside the lock (_write checks that the connection
+            # is open), and without a call through the connection, on the
+            # hottest path.
+            self._write(engine.encode_message(message))
             return
         # Compressed frames depend on every frame compressed before them:
         # compress under the write lock, so that they go out in the order
@@ -388,7 +392,7 @@ class WebSocket:
         """Write the frame ``data``; or with ``compress``, the frame of the message ``data``."""
         connection, writer = self._connection, self._writer
         with writer.lock:
-            if connection.closed:
+            if connection.close_sent is not None or connection.state is CLOSED:
                 raise connection.closed_error()
             frame = connection.send_message(data) if compress else data
             try:
@@ -670,7 +674,10 @@ class WebSocket:
         connection = self._connection
         room = None
         if connection.close_sent is None:
-            room = max(1, self._inbox.limit - len(self._inbox.messages))
+            inbox = self._inbox
+            room = inbox.limit - len(inbox.messages)
+            if room < 1:
+                room = 1
         try:
             events = connection.receive_data(data, room, FRAMES_PER_TURN)
         except Exception:
@@ -701,13 +708,15 @@ class WebSocket:
                 ending = True
                 if kind is engine.Failure:
                     logger.debug("failing the connection: %s", event)
-        if connection.reading_done:
+        parser = connection.parser
+        assert parser is not None
+        if parser.closed:  # the client's close frame came: nothing more to read
             self._stop_reading()
         elif len(messages) >= inbox.limit:
             # Full: stop reading until the view makes room, so that TCP
             # pushes back on the client.
             self._pause()
-        elif connection.stopped:
+        elif parser.stopped:
             # The parser used up its turn (a flood of tiny frames): the
             # other connections go first, then parsing resumes.
             self._pause()
