@@ -147,6 +147,8 @@ def read_headers(
             headers[key] = "; ".join(filter(None, (headers[key], value)))
         elif key in headers:
             headers[key] += "," + value
+        elif key in _REPEATED:
+            headers[key] = _shared(value)
         else:
             headers[key] = value
     raise BadRequest(f"More than {max_headers} header lines.")
@@ -181,6 +183,30 @@ def _environ_key(name: str) -> str | None:
 _KEYS: dict[str, str] = {}
 _MAX_KEYS = 1000
 _MAX_KEY_NAME = 64
+
+
+def _shared(value: str) -> str:
+    """Return the string equal to ``value`` that earlier requests kept, if any."""
+    shared = _VALUES.get(value)
+    if shared is not None:
+        return shared
+    if len(value) <= _MAX_VALUE and len(_VALUES) < _MAX_VALUES:  # clients choose the values
+        _VALUES[value] = value
+    return value
+
+
+# Headers whose values most clients of a site send alike: the environ of
+# every open connection shares one string for each of those values.
+_REPEATED = frozenset({
+    "HTTP_HOST", "HTTP_ORIGIN", "HTTP_UPGRADE", "HTTP_CONNECTION", "HTTP_SEC_WEBSOCKET_VERSION",
+    "HTTP_SEC_WEBSOCKET_EXTENSIONS", "HTTP_USER_AGENT", "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING",
+    "HTTP_ACCEPT_LANGUAGE", "HTTP_CACHE_CONTROL", "HTTP_PRAGMA",
+})
+
+# Those values: at most 1,000 of at most 256 characters, about 300 KiB.
+_VALUES: dict[str, str] = {}
+_MAX_VALUES = 1000
+_MAX_VALUE = 256
 
 
 def _check_framing(headers: dict[str, str]) -> None:

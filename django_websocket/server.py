@@ -20,12 +20,13 @@ This is the only module that knows gevent-websocket's handler.
 
 from __future__ import annotations
 
+import io
 import logging
 import select
 import socket
 import time
 from io import BufferedReader
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import gevent
@@ -96,6 +97,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
     content_length: int | None
     wsgi_input: _RequestBody | None
     socket: socket.socket
+    rfile: BufferedReader
     status: str | None
     code: int | None
     response_headers: list[tuple[str, str]] | None
@@ -293,13 +295,29 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
 
     def _run_websocket(self, request: handshake.Handshake) -> None:
         websocket = _new_websocket(self.socket, self.rfile, request)
+        # The websocket reads the socket itself, and a handshake has no
+        # body: the closed file objects need not live as long as it does
+        # (0.6 KiB per idle websocket).
+        self.rfile = _CLOSED_FILE
+        if self.wsgi_input is not None:
+            self.wsgi_input.rfile = _CLOSED_FILE
         environ = self.environ
         assert environ is not None  # the request is being served
         environ[handshake.ENVIRON_KEY] = websocket
         # Whatever happens, this connection carries no further HTTP request.
         self.close_connection = True
+        application = self.application
+        call = getattr(type(application), "__call__", None)
         try:
-            self.result = self.application(environ, self.start_response)
+            if isinstance(call, FunctionType):
+                # An instance, such as Django's WSGIHandler, is called
+                # through C; its __call__, called as a function, runs in the
+                # same C frame: the view's greenlet keeps a smaller copy of
+                # the stack while the websocket is open (0.76 KiB less per
+                # idle websocket).
+                self.result = call(application, environ, self.start_response)
+            else:
+                self.result = application(environ, self.start_response)
             if websocket.state is CONNECTING:
                 # Django refused the websocket: send its response as it is.
                 self.process_result()
@@ -382,6 +400,13 @@ def _drain(sock: socket.socket, timeout: float) -> None:
                 received += len(data)
         except OSError:
             pass
+
+
+# What a handler and its wsgi.input read from once the websocket took the
+# connection: as the file they had, closed.
+# (Annotated: gevent's stubs type rfile as a BufferedReader of a socket's stream.)
+_CLOSED_FILE: BufferedReader = BufferedReader(io.BytesIO())
+_CLOSED_FILE.close()
 
 
 def _no_body(data: bytes) -> None:

@@ -91,6 +91,21 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):  # type: ignore
 class _Server(PyWSGIServer):
     """gunicorn's server, with a timeout on the TLS handshake."""
 
+    def do_handle(self, *args: Any) -> None:
+        # gevent's starts each connection's greenlet in a helper that calls
+        # handle(*args): a call through C, whose stack the greenlet of every
+        # open websocket keeps a copy of (0.6 KiB per idle websocket).
+        # _serve calls it directly.
+        if self.pool is None:
+            super().do_handle(*args)
+            return
+        sock, address = args
+        try:
+            self.pool.spawn(_serve, self, sock, address)
+        except BaseException:
+            self.do_close(sock, address)
+            raise
+
     def wrap_socket_and_handle(self, client_socket: socket.socket, address: Any) -> None:
         # gevent's completes the TLS handshake when it wraps the socket, for
         # as long as the client takes: a client that never starts it, or
@@ -111,6 +126,17 @@ class _Server(PyWSGIServer):
             return self.handle(ssl_socket, address)
         finally:
             ssl_socket.close()
+
+
+def _serve(server: _Server, sock: socket.socket, address: Any) -> None:
+    """Handle one connection, then close its socket: gevent's helper, without its call through C."""
+    try:
+        if server.ssl_enabled:
+            server.wrap_socket_and_handle(sock, address)
+        else:
+            server.handle(sock, address)
+    finally:
+        server.do_close(sock, address)
 
 
 class GeventWebSocketWorker(GeventPyWSGIWorker):

@@ -499,6 +499,30 @@ def test_invalid_names_are_not_cached(monkeypatch):
     assert httpparser._KEYS == {}
 
 
+# The cache of values: the repeated headers of every connection share their strings.
+
+
+def test_repeated_values_are_shared(monkeypatch):
+    monkeypatch.setattr(httpparser, "_VALUES", {})
+    lines = (b"Host: example.com", b"Upgrade: websocket", b"Sec-WebSocket-Key: a2V5")
+    first, second = headers_of(*lines), headers_of(*lines)
+    assert first == second
+    assert first["HTTP_HOST"] is second["HTTP_HOST"]
+    assert first["HTTP_UPGRADE"] is second["HTTP_UPGRADE"]
+    assert first["HTTP_SEC_WEBSOCKET_KEY"] is not second["HTTP_SEC_WEBSOCKET_KEY"]
+    assert sorted(httpparser._VALUES) == ["example.com", "websocket"]
+
+
+def test_value_cache_is_bounded(monkeypatch):
+    # Clients choose the values: the cache holds at most _MAX_VALUES short ones.
+    monkeypatch.setattr(httpparser, "_VALUES", {})
+    monkeypatch.setattr(httpparser, "_MAX_VALUES", 3)
+    for number in range(5):
+        assert headers_of(b"Host: h%d" % number) == {"HTTP_HOST": "h%d" % number}
+    assert headers_of(b"User-Agent: " + b"u" * 300) == {"HTTP_USER_AGENT": "u" * 300}
+    assert sorted(httpparser._VALUES) == ["h0", "h1", "h2"]
+
+
 # path_info()
 
 

@@ -2,13 +2,20 @@
 The worker and server modules: what importing them loads, and the handler on raw sockets.
 """
 
+import gc
 import os
 import subprocess
 import sys
 import time
+import weakref
 
 import gevent
 import pytest
+from gevent import pywsgi
+from gevent.pool import Pool
+
+from django_websocket.handshake import ENVIRON_KEY
+from django_websocket.server import WebSocketHandler
 
 from .utils import MS, TIMEOUT
 
@@ -202,6 +209,66 @@ def test_error_after_accept_closes_with_1011(serve, caplog, settings, error):
     assert b"HTTP/1.1 500" not in frames
     logged = [record for record in caplog.records if record.name == "django_websocket.server"]
     assert len(logged) == (0 if isinstance(error, gevent.GreenletExit) else 1)
+
+
+def test_open_websocket_keeps_no_request_file(settings):
+    # The websocket reads the socket itself: the handler's file objects are
+    # freed, not kept for as long as the connection stays open.
+    settings.WEBSOCKET_CLOSE_TIMEOUT = 50 * MS  # this client answers no close frame
+    files = []
+    seen = []
+
+    class Handler(WebSocketHandler):
+        def __init__(self, *args):
+            super().__init__(*args)
+            files.append(weakref.ref(self.rfile))
+
+    def app(environ, start_response):
+        environ[ENVIRON_KEY].accept()
+        gc.collect()
+        seen.append((files[0]() is None, environ["wsgi.input"].read()))
+        start_response("200 OK", [])
+        return []
+
+    server = pywsgi.WSGIServer(
+        ("127.0.0.1", 0), app, handler_class=Handler, log=None, error_log=None
+    )
+    server.start()
+    try:
+        received, closed = exchange(server.server_port, HANDSHAKE, quiet=TIMEOUT)
+    finally:
+        server.stop(timeout=TIMEOUT)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert seen == [(True, b"")]
+
+
+def test_worker_server_starts_connections_in_serve():
+    # gevent's server starts each connection's greenlet in a helper that
+    # calls handle(*args), through C: the greenlet of every open websocket
+    # would keep a copy of that C frame.
+    from django_websocket.worker import _Server
+
+    roots = []
+
+    def app(environ, start_response):
+        frame = sys._getframe()
+        while frame.f_back is not None:
+            frame = frame.f_back
+        roots.append(frame.f_code.co_name)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    server = _Server(
+        ("127.0.0.1", 0), app, spawn=Pool(), handler_class=WebSocketHandler,
+        log=None, error_log=None,
+    )
+    server.start()
+    try:
+        received, _ = exchange(server.server_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        server.stop(timeout=TIMEOUT)
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert roots == ["_serve"]
 
 
 @pytest.mark.parametrize(
