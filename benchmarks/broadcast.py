@@ -685,6 +685,7 @@ def report(results: list[dict], args, info: dict) -> str:
     lines.append(f"- fanout: {args.subscribers} subscribers, {args.rounds} rounds (servers in "
                  f"turn, every round); throughput: {args.throughput_subscribers} subscribers, "
                  f"{args.messages} messages")
+    lines.append(f"- django_websocket's group keeps history: {'yes (SIZE 1000, TTL 300)' if args.history else 'no'}")
     lines.append("- load average at start " + ", ".join(f"{x:.2f}" for x in info.get("loadavg_start", ()))
                  + "; at end " + ", ".join(f"{x:.2f}" for x in info.get("loadavg_end", ())))
     lines.append("")
@@ -757,6 +758,8 @@ def parse_args():
                         help="pin servers and Redis to these CPUs (taskset); default: no pinning")
     parser.add_argument("--client-cpu", default=None)
     parser.add_argument("--quick", action="store_true", help="10 rounds, 1,000 messages")
+    parser.add_argument("--history", action="store_true",
+                        help="django_websocket keeps the history of the group (SIZE 1000, TTL 300)")
     parser.add_argument("--output", type=Path,
                         default=Path(tempfile.gettempdir()) / "django_websocket_bench"
                         / time.strftime("broadcast-%Y%m%d-%H%M%S.json"))
@@ -788,7 +791,11 @@ def main() -> None:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpu.split(",")})
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log_dir = Path(tempfile.mkdtemp(prefix="django_websocket_broadcast-"))
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions()}
+    if args.history:
+        # Read by broadcastsite/settings.py, in the servers and the publisher script.
+        os.environ["BENCH_HISTORY"] = "1"
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions(),
+            "history": args.history}
     results = []
     try:
         _, redis_url = start_redis(log_dir, args.server_cpu)

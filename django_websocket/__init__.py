@@ -34,7 +34,12 @@ __all__ = [
     "publish",
     "send_to_user",
     "broadcast",
+    "close_group",
+    "disconnect_user",
     "GroupMessage",
+    "history",
+    "History",
+    "Position",
 ]
 
 # Names are imported on first use: gunicorn imports django_websocket.worker
@@ -54,11 +59,26 @@ _SUBMODULES = {
     "publish": "broadcast",
     "send_to_user": "broadcast",
     "broadcast": "broadcast",
+    "close_group": "broadcast",
+    "disconnect_user": "broadcast",
     "GroupMessage": "broadcast",
+    "history": "broadcast",
+    "History": "broadcast",
+    "Position": "broadcast",
 }
 
 if TYPE_CHECKING:
-    from .broadcast import GroupMessage, broadcast, publish, send_to_user
+    from .broadcast import (
+        GroupMessage,
+        History,
+        Position,
+        broadcast,
+        close_group,
+        disconnect_user,
+        history,
+        publish,
+        send_to_user,
+    )
     from .decorators import accept_websocket, require_websocket
     from .exceptions import (
         BroadcastError,

@@ -12,3 +12,7 @@ class WebSocketConfig(AppConfig):
         checks.register(check_settings)
         checks.register(check_installed_apps)
         checks.register(check_broadcast)
+
+        from . import sessions
+
+        sessions.connect()

@@ -63,6 +63,15 @@ def check_broadcast(
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), id="django_websocket.E002")]
     backend.close()
+    if settings.HISTORY and not backend.supports_history:
+        return [
+            checks.Error(
+                f"WEBSOCKET_HISTORY is set, but {type(backend).__name__} keeps no history.",
+                hint="Set WEBSOCKET_HISTORY = {} or use a backend that keeps it, such as "
+                "'django_websocket.broadcast.redis.RedisBackend'.",
+                id="django_websocket.E003",
+            )
+        ]
     warning = in_memory_broadcast_warning(configured_workers())
     return [] if warning is None else [warning]
 

@@ -9,6 +9,7 @@ on first use, checked, and reloaded when a test changes them with
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypedDict
 
 from django.core.exceptions import ImproperlyConfigured
@@ -27,6 +28,20 @@ class BroadcastConfig(TypedDict):
     OPTIONS: dict[str, Any]  # the backend's own, checked by the backend
 
 
+class HistoryConfig(TypedDict):
+    """A pattern's entry in :data:`WEBSOCKET_HISTORY`, once checked."""
+
+    SIZE: int  # messages kept at most
+    TTL: float  # seconds a message is kept at most
+
+
+#: The largest SIZE of WEBSOCKET_HISTORY: every table has a bound.
+MAX_HISTORY_SIZE = 100_000
+#: The largest TTL of WEBSOCKET_HISTORY, in seconds (about 31 years): Redis's
+#: PEXPIRE takes it, in milliseconds, with room to spare.
+MAX_HISTORY_TTL = 1_000_000_000
+
+
 class _Defaults(TypedDict):
     ACCEPT_ALL: bool
     ALLOWED_ORIGINS: tuple[str, ...]
@@ -39,7 +54,14 @@ class _Defaults(TypedDict):
     SEND_TIMEOUT: float | None
     HANDSHAKE_TIMEOUT: float
     MAX_SEND_QUEUE: int | None
+    RESTART_WINDOW: float
+    RATE_LIMIT: tuple[float, float] | None
+    RATE_LIMIT_ACTION: str
+    MAX_CONNECTIONS_PER_USER: int | None
+    MAX_CONNECTIONS_PER_ADDRESS: int | None
+    CLIENT_ADDRESS_HEADER: str | None
     BROADCAST: BroadcastConfig
+    HISTORY: dict[str, HistoryConfig]
 
 
 #: Every setting with its default value, without the ``WEBSOCKET_`` prefix.
@@ -55,11 +77,18 @@ DEFAULTS: _Defaults = {
     "SEND_TIMEOUT": 30.0,
     "HANDSHAKE_TIMEOUT": 10.0,
     "MAX_SEND_QUEUE": MiB,
+    "RESTART_WINDOW": 10.0,
+    "RATE_LIMIT": (100.0, 1000.0),
+    "RATE_LIMIT_ACTION": "close",
+    "MAX_CONNECTIONS_PER_USER": None,
+    "MAX_CONNECTIONS_PER_ADDRESS": None,
+    "CLIENT_ADDRESS_HEADER": None,
     "BROADCAST": {
         "BACKEND": "django_websocket.broadcast.locmem.LocMemBackend",
         "LOCATION": "",
         "OPTIONS": {},
     },
+    "HISTORY": {},
 }
 
 
@@ -98,9 +127,51 @@ def _validate(name: str, value: object) -> object:
         value = _positive_number(name, value, none=True)
     elif name == "MAX_SEND_QUEUE":
         value = _positive_number(name, value, integer=True, none=True)
+    elif name == "RESTART_WINDOW":
+        # 0 closes every websocket at once.
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 <= value < math.inf):
+            raise ImproperlyConfigured(
+                "WEBSOCKET_RESTART_WINDOW must be a finite number of seconds, 0 or more; "
+                f"got {value!r}."
+            )
+    elif name == "RATE_LIMIT":
+        value = _rate_limit(value)
+    elif name == "RATE_LIMIT_ACTION":
+        if value not in ("close", "drop"):
+            raise ImproperlyConfigured(
+                f'WEBSOCKET_RATE_LIMIT_ACTION must be "close" or "drop"; got {value!r}.'
+            )
+    elif name in ("MAX_CONNECTIONS_PER_USER", "MAX_CONNECTIONS_PER_ADDRESS"):
+        value = _positive_number(name, value, integer=True, none=True)
+    elif name == "CLIENT_ADDRESS_HEADER":
+        if value is not None and not (isinstance(value, str) and value.startswith("HTTP_")):
+            raise ImproperlyConfigured(
+                "WEBSOCKET_CLIENT_ADDRESS_HEADER must be None or the request.META key of the "
+                f'header your proxy sets, such as "HTTP_X_FORWARDED_FOR"; got {value!r}.'
+            )
     elif name == "BROADCAST":
         value = _broadcast(value)
+    elif name == "HISTORY":
+        value = _history(value)
     return value
+
+
+def _rate_limit(value: object) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and value[0] > 0
+        and value[1] >= 1
+    ):
+        return (float(value[0]), float(value[1]))
+    raise ImproperlyConfigured(
+        "WEBSOCKET_RATE_LIMIT must be (messages per second, burst), a positive number and "
+        f"a number of messages of at least 1, such as (100, 1000), or None; got {value!r}."
+    )
 
 
 def _broadcast(value: object) -> BroadcastConfig:
@@ -139,6 +210,44 @@ def _broadcast(value: object) -> BroadcastConfig:
     return {"BACKEND": backend, "LOCATION": location, "OPTIONS": dict(options)}
 
 
+def _history(value: object) -> dict[str, HistoryConfig]:
+    """Check WEBSOCKET_HISTORY: group name patterns, in order, with a SIZE and a TTL each."""
+    example = 'such as {"chat.*": {"SIZE": 100, "TTL": 300}}'
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_HISTORY must be a dict of group name patterns, {example}; "
+            f"got {value!r}."
+        )
+    checked: dict[str, HistoryConfig] = {}
+    for pattern, config in value.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ImproperlyConfigured(
+                f"WEBSOCKET_HISTORY's keys must be group name patterns such as 'chat.*'; "
+                f"got {pattern!r}."
+            )
+        where = f"WEBSOCKET_HISTORY[{pattern!r}]"
+        if not isinstance(config, dict) or set(config) != {"SIZE", "TTL"}:
+            raise ImproperlyConfigured(
+                f"{where} must be a dict with a SIZE (messages) and a TTL (seconds), "
+                f'such as {{"SIZE": 100, "TTL": 300}}; got {config!r}.'
+            )
+        size, ttl = config["SIZE"], config["TTL"]
+        if (isinstance(size, bool) or not isinstance(size, int)
+                or not 0 < size <= MAX_HISTORY_SIZE):
+            raise ImproperlyConfigured(
+                f"{where}['SIZE'] must be a number of messages from 1 to "
+                f"{MAX_HISTORY_SIZE:,}; got {size!r}."
+            )
+        if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                or not 0 < ttl <= MAX_HISTORY_TTL):
+            raise ImproperlyConfigured(
+                f"{where}['TTL'] must be a positive number of seconds, at most "
+                f"{MAX_HISTORY_TTL:,}; got {ttl!r}."
+            )
+        checked[pattern] = {"SIZE": size, "TTL": float(ttl)}
+    return checked
+
+
 class Settings:
     """The ``WEBSOCKET_*`` settings, as attributes without the prefix."""
 
@@ -154,7 +263,14 @@ class Settings:
     SEND_TIMEOUT: float | None
     HANDSHAKE_TIMEOUT: float
     MAX_SEND_QUEUE: int | None
+    RESTART_WINDOW: float
+    RATE_LIMIT: tuple[float, float] | None
+    RATE_LIMIT_ACTION: str
+    MAX_CONNECTIONS_PER_USER: int | None
+    MAX_CONNECTIONS_PER_ADDRESS: int | None
+    CLIENT_ADDRESS_HEADER: str | None
     BROADCAST: BroadcastConfig
+    HISTORY: dict[str, HistoryConfig]
 
     def __getattr__(self, name: str) -> object:
         # Only called for attributes not loaded yet.

@@ -86,7 +86,9 @@ class Connection:
         #: The server's close frame, ``(code, reason)``, once started; the
         #: code is :obj:`None` for a frame with an empty body.
         self.close_sent: tuple[int | None, str] | None = None
-        #: The close frame the server owes the client, ``(code, reason)``.
+        #: The close frame the server owes the client, ``(code, reason)``:
+        #: the answer to its close frame, a failure's, or one the server
+        #: decided to send once the view had its messages (:meth:`owe_close`).
         self.close_owed: tuple[int | None, str] | None = None
         self._close_written = False
         #: When the client last sent anything, in :func:`time.monotonic` seconds.
@@ -157,6 +159,21 @@ class Connection:
             self.state = CLOSING
         if self.close_sent is None and self.close_owed is None:
             self.close_owed = (code, reason)
+
+    def owe_close(self, code: int, reason: str) -> bool:
+        """
+        Decide to close with ``code`` and ``reason`` once the view had the messages before now.
+
+        Like the answer to a client's close frame, it becomes
+        :attr:`close_owed`; the I/O layer sends it when the view has read
+        what came before. Returns :obj:`False`, and changes nothing, if the
+        connection is closing already.
+
+        """
+        if self.close_sent is not None or self.close_owed is not None or self.state is CLOSED:
+            return False
+        self.close_owed = (code, reason)
+        return True
 
     @property
     def stopped(self) -> bool:

@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.http.response import HttpResponseBase
 
-from . import handshake
+from . import handshake, limits, sessions
 from .broadcast.base import BROADCAST_GROUP, user_group
 from .conf import settings
 from .states import CONNECTING
@@ -78,11 +78,17 @@ def _false() -> bool:
 
 
 def _default_groups(request: HttpRequest) -> list[str]:
-    """The groups of every websocket: broadcast(), and send_to_user() for its user."""
+    """
+    The groups of every websocket: broadcast(), and send_to_user() for its user.
+
+    And its session's, closed when the session ends (see ``sessions``).
+
+    """
     groups = [BROADCAST_GROUP]
     user = getattr(request, "user", None)  # loaded by check(), or set by the view
     if user is not None and user.is_authenticated:
         groups.append(user_group(user))
+        groups += sessions.request_groups(request, user)
     return groups
 
 
@@ -167,6 +173,14 @@ def serve(
     websocket = cast(_Request, request).websocket
     if websocket is None:
         return response or _atomic_requests(view, non_atomic)(request, *args, **kwargs)
+    slot = None
+    if response is None and websocket.state is CONNECTING and not websocket.adopted:
+        # Counted until the view returns; over a limit, a 429 instead.
+        admitted = limits.admit(request)
+        if isinstance(admitted, HttpResponse):
+            response = admitted
+        else:
+            slot = admitted
     try:
         if response is None:
             if args or kwargs:
@@ -181,6 +195,9 @@ def serve(
         if websocket.adopted:
             websocket.finish(500, "500 Internal Server Error")
         raise
+    finally:
+        if slot is not None:
+            limits.release(slot)
     if websocket.adopted:
         # Under the stock gevent-websocket worker the 101 is already out:
         # the response can only become a close code.
@@ -229,6 +246,7 @@ def WebSocketMiddleware(  # noqa: N802
     # through one, and the greenlet of every open websocket keeps a copy of
     # its C stack (measured: 0.8 KiB less per idle websocket).
     def middleware(request: HttpRequest) -> HttpResponseBase:
+        sessions.record_request(request)
         attach(request)
         return get_response(request)
 

@@ -16,6 +16,7 @@ fills, and past its limit its connection is dropped.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Union
 
@@ -38,7 +39,8 @@ QUEUE_ENTRY_SIZE = 128
 # Frames written in one call, at most this many bytes of them.
 _BATCH = 262144
 
-#: A frame for the client, or a group message for the view.
+#: A frame for the client, a group message for the view, or an action to
+#: take once everything queued before it is out (a :class:`functools.partial`).
 Item = Union[bytes, object]
 
 
@@ -58,7 +60,7 @@ class Outbox:
         self._connection = connection
         self._writer = writer
         self._inbox = inbox
-        self._queue: deque[tuple[Item, int]] = deque()  # (frame or GroupMessage, size)
+        self._queue: deque[tuple[Item, int]] = deque()  # (frame, GroupMessage or action, size)
         #: Bytes waiting, as counted against the limit: payloads and entries.
         self.size = 0
         self._partial: bytes | None = None  # a frame's end, half written, under the write lock
@@ -99,6 +101,17 @@ class Outbox:
             self._flusher = gevent.spawn_raw(self._flush)
         return True
 
+    def put_action(self, action: partial[None]) -> None:
+        """
+        Call ``action`` in the flusher once everything queued now is out; never waits.
+
+        Whatever is queued after it is dropped: the action closes the connection.
+
+        """
+        self._queue.append((action, 0))
+        if self._flusher is None:
+            self._flusher = gevent.spawn_raw(self._flush)
+
     def stop(self) -> None:
         """The connection is closed: stop waiting for room in the view's inbox."""
         if self._waits_for_view and self._flusher is not None:
@@ -125,12 +138,17 @@ class Outbox:
         queue = self._queue
         connection, writer, inbox = self._connection, self._writer, self._inbox
         try:
-            partial, self._partial = self._partial, None
-            if partial is not None:
-                writer.finish(partial)
-                self.size -= len(partial)
+            rest, self._partial = self._partial, None
+            if rest is not None:
+                writer.finish(rest)
+                self.size -= len(rest)
             while queue:
                 item, size = queue[0]
+                if type(item) is partial:
+                    queue.clear()
+                    self.size = 0
+                    item()  # the action; never waits
+                    break
                 if type(item) is bytes:
                     data, count, size = self._take_frames()
                     with writer.lock:

@@ -35,7 +35,7 @@ from django.core.exceptions import BadRequest
 from gevent import pywsgi
 from geventwebsocket.handler import WebSocketHandler as BaseHandler
 
-from . import handshake, httpparser
+from . import handshake, httpparser, metrics
 from .conf import settings
 from .exceptions import InvalidHandshake
 from .sockets import with_timeout
@@ -128,8 +128,12 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
             return
         if _stopping:
             # Its head arrived after close_all(): a websocket accepted now
-            # would only be closed at once.
-            self._refuse("503 Service Unavailable", "The server is shutting down.")
+            # would only be closed at once. The worker no longer accepts
+            # connections: another one serves the client's next attempt.
+            self._refuse(
+                "503 Service Unavailable", "The server is restarting: try again.",
+                [("Retry-After", "1")],
+            )
             return
         self._run_websocket(request)
 
@@ -194,8 +198,11 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         # A client gets HANDSHAKE_TIMEOUT seconds to send each of its request
         # line and headers, and an idle keep-alive connection as long to
         # start its next request: slow or silent clients don't hold a greenlet.
-        if _stopping:
-            return ""  # the worker is stopping: no new request on this connection
+        if _stopping and _idle([self]):
+            # The worker is stopping: no new request on this connection. One
+            # whose first bytes arrived is served, as stop_waiting_for_requests()
+            # serves those of the connections it finds waiting.
+            return ""
         # What the access log reports is this request's, not the previous
         # one's on a keep-alive connection, even if it is refused (400, 414).
         self.environ = self.command = self.path = self.request_version = None
@@ -283,6 +290,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         self, status: str, reason: str, headers: list[tuple[str, str]] | None = None
     ) -> None:
         """Answer with ``status`` and ``reason`` as a text body, then close the connection."""
+        metrics.count_handshake(int(status[:3]))
         body = reason.encode()
         headers = [
             ("Content-Type", "text/plain; charset=utf-8"),
@@ -320,6 +328,9 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
                 self.result = application(environ, self.start_response)
             if websocket.state is CONNECTING:
                 # Django refused the websocket: send its response as it is.
+                status = self._orig_status
+                assert status is not None  # start_response() set it
+                metrics.count_handshake(int(status[:3]))
                 self.process_result()
             else:
                 status = self._orig_status
@@ -327,6 +338,8 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
                 self._log_as_upgrade()
                 websocket.finish(int(status.split(" ", 1)[0]), status)
         except BaseException:
+            if websocket.state is CONNECTING:
+                metrics.count_handshake(500)
             websocket.finish(500, "500 Internal Server Error")
             raise
         finally:
@@ -569,6 +582,8 @@ def _new_websocket(
         ping_timeout=settings.PING_TIMEOUT,
         send_timeout=settings.SEND_TIMEOUT,
         max_send_queue=settings.MAX_SEND_QUEUE,
+        rate_limit=settings.RATE_LIMIT,
+        rate_limit_action=settings.RATE_LIMIT_ACTION,
         buffered=_buffered_input(sock, rfile),
     )
 

@@ -23,12 +23,15 @@ This module knows sockets and gevent, not Django.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import logging
+import random
 import socket
 import struct
 import termios
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 
 import gevent
@@ -40,7 +43,9 @@ from .connection import Connection, Event, Keepalive
 from .exceptions import InvalidState
 from .inbox import Inbox
 from .keepalive import start_keepalive
+from .metrics import count_close, count_handshake, counters
 from .outbox import Outbox
+from .ratelimit import TokenBucket
 from .states import CLOSED, CONNECTING, State, open_websockets
 from .writer import WOULD_BLOCK, Writer
 
@@ -69,17 +74,59 @@ _INT = bytes(_INT_STRUCT.size)
 FRAMES_PER_TURN = 256
 
 
-def close_all(code: int = 1001, reason: str = "server shutting down") -> None:
+#: How often :func:`close_all` closes the next batch of websockets, in seconds.
+CLOSE_ALL_TICK = 0.1
+
+
+def close_all(
+    code: int = 1012, reason: str = "service restart", window: float = 0.0
+) -> gevent.Greenlet[[collections.deque[WebSocket], int, str, float], None] | None:
     """
     Start closing every open websocket of this process with ``code``.
 
     The views see :meth:`WebSocket.wait` return :obj:`None` as soon as the
     close frame is sent, and can clean up while the closing handshake ends.
-    Used by the worker on graceful shutdown.
+    Used by the worker on graceful shutdown, with 1012 (service restart):
+    clients should come back, to the new worker or to another server.
+
+    With a ``window`` of 0, every close starts now. Set ``window`` to a
+    number of seconds to spread the closes evenly over it, in a random
+    order: clients that reconnect as soon as they are closed then come back
+    over the window, not in the same second. One greenlet, returned, closes
+    the websockets that are due every :data:`CLOSE_ALL_TICK` seconds; each
+    close then takes its own closing handshake (up to
+    :attr:`WebSocket.close_timeout`), so the last one may end that much
+    after the window.
 
     """
-    for websocket in list(open_websockets):
-        gevent.spawn(websocket.close, code, reason)
+    websockets = list(open_websockets)
+    if window <= 0 or len(websockets) <= 1:
+        for websocket in websockets:
+            gevent.spawn(websocket.close, code, reason)
+        return None
+    random.shuffle(websockets)
+    # Taken off the queue as they are closed: not kept alive by it.
+    return gevent.spawn(_close_over, collections.deque(websockets), code, reason, window)
+
+
+def _close_over(
+    websockets: collections.deque[WebSocket], code: int, reason: str, window: float
+) -> None:
+    """Close ``websockets`` in order, the i-th of n ``window * i / n`` seconds from now."""
+    count = len(websockets)
+    start = time.monotonic()
+    closed = 0
+    while closed < count:
+        # Every websocket due by now, and the first one at once.
+        due = min(count, int((time.monotonic() - start) * count / window) + 1)
+        for _ in range(due - closed):
+            gevent.spawn(websockets.popleft().close, code, reason)
+        closed = due
+        if closed < count:
+            # Until the next one is due, but in batches: one wake-up per
+            # tick, not one timer per websocket.
+            next_due = start + window * closed / count
+            gevent.sleep(max(next_due - time.monotonic(), CLOSE_ALL_TICK))
 
 
 class WebSocket:
@@ -98,7 +145,7 @@ class WebSocket:
         "__weakref__", "_sock", "_handshake", "_buffered", "_connection", "_writer", "_inbox",
         "_outbox", "max_message_size", "close_timeout", "compression", "ping_interval",
         "ping_timeout", "max_send_queue", "adopted", "protocol", "_reader", "_paused",
-        "_groups", "_default_groups", "_joined",
+        "_groups", "_default_groups", "_joined", "_rate_limit",
     )
 
     def __init__(
@@ -114,6 +161,8 @@ class WebSocket:
         ping_timeout: float | None = 20.0,
         send_timeout: float | None = 30.0,
         max_send_queue: int | None = 1024 * 1024,
+        rate_limit: tuple[float, float] | None = None,
+        rate_limit_action: str = "close",
         buffered: bytes = b"",
     ) -> None:
         self._sock = sock
@@ -153,6 +202,17 @@ class WebSocket:
         # Called when the handshake is accepted; returns more groups to join.
         self._default_groups: Callable[[], Iterable[str]] | None = None
         self._joined = False  # the subscriptions took effect
+        # Messages the client may send (WEBSOCKET_RATE_LIMIT); without a
+        # limit, an idle connection allocates nothing for it.
+        self._rate_limit: TokenBucket | None = None
+        if rate_limit is not None:
+            if rate_limit_action not in ("close", "drop"):
+                raise ValueError(
+                    f"rate_limit_action must be 'close' or 'drop'; got {rate_limit_action!r}"
+                )
+            self._rate_limit = TokenBucket(
+                *rate_limit, time.monotonic(), drop=rate_limit_action == "drop"
+            )
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.state} protocol={self.protocol!r}>"
@@ -248,6 +308,7 @@ class WebSocket:
                 extensions, deflate = negotiated
         response = handshake_module.accept_response(self._handshake, protocol, extensions)
         self._join_groups()  # before the 101: the client misses nothing published after it
+        count_handshake(101)
         try:
             self._sock.sendall(response)
         except OSError:
@@ -268,7 +329,10 @@ class WebSocket:
             start_keepalive()
         self._start_reading()
         self._join_groups()
-        if open_websockets.closing is not None:
+        if self._connection.close_owed is not None:
+            # A group of the websocket was closed while the 101 was written.
+            self._close_owed_now()
+        elif open_websockets.closing is not None:
             # Accepted after the worker began to stop, and close_all():
             # closed as the others were.
             gevent.spawn(self.close, *open_websockets.closing)
@@ -399,6 +463,8 @@ class WebSocket:
                 writer.sendall(frame)  # type: ignore[arg-type]  # a frame: bytes
             except OSError:
                 raise connection.closed_error() from None
+        counters.messages_sent += 1
+        counters.bytes_sent += len(frame)
 
     def _send_control(self, frame: bytes) -> None:
         # Pings and pongs: never after a close frame, never waiting.
@@ -544,6 +610,8 @@ class WebSocket:
         if connection.state is CLOSED:
             return
         connection.connection_closed()
+        assert connection.close_code is not None  # 1006 without a close frame
+        count_close(connection.close_code)
         self._writer.attach(None)  # no reference cycle outlives the connection
         open_websockets.discard(self)
         self._stop_reading()
@@ -651,6 +719,7 @@ class WebSocket:
                 self._close_tcp()  # lost, without a close frame
             return
         self._connection.last_received = time.monotonic()
+        counters.bytes_received += len(data)
         self._on_data(data)
         self._read_pending()
 
@@ -692,7 +761,8 @@ class WebSocket:
         connection = self._connection
         inbox = self._inbox
         messages = inbox.messages
-        ending = False
+        queued = len(messages)
+        ending = limited = False
         for event in events:
             kind = type(event)
             if kind is str or kind is bytes:
@@ -708,6 +778,21 @@ class WebSocket:
                 ending = True
                 if kind is engine.Failure:
                     logger.debug("failing the connection: %s", event)
+        received = len(messages) - queued
+        bucket = self._rate_limit
+        if bucket is not None and received:
+            # Messages of one read share its time (last_received): one
+            # check per read, and no clock call.
+            taken = bucket.take(connection.last_received, received)
+            if taken < received:
+                del messages[queued + taken:]
+                counters.rate_limited += received - taken
+                if bucket.drop:
+                    self._drop_over_rate_limit(bucket, received - taken)
+                else:
+                    limited = True
+                received = taken
+        counters.messages_received += received
         parser = connection.parser
         assert parser is not None
         if parser.closed:  # the client's close frame came: nothing more to read
@@ -724,8 +809,32 @@ class WebSocket:
         if ending:
             # Last: the views may run from here on (see inbox.wake).
             self._closing_handshake()
+        elif limited:
+            self._close_over_rate_limit()  # last too: it may wake the view
         elif messages:
             inbox.wake()
+
+    def _drop_over_rate_limit(self, bucket: TokenBucket, count: int) -> None:
+        first = not bucket.dropped
+        bucket.dropped += count
+        if first:
+            logger.warning(
+                "dropping messages from a websocket: over WEBSOCKET_RATE_LIMIT "
+                "(%s messages/s, burst %s); logged once per connection",
+                bucket.rate, bucket.burst,
+            )
+
+    def _close_over_rate_limit(self) -> None:
+        # In the hub: the close frame goes out now or from a greenlet (and
+        # then wakes the view); the view gets no message after it, and its
+        # close() or finish() waits for the client's close frame.
+        bucket = self._rate_limit
+        assert bucket is not None
+        logger.warning(
+            "closing a websocket with 1008: over WEBSOCKET_RATE_LIMIT (%s messages/s, burst %s)",
+            bucket.rate, bucket.burst,
+        )
+        self._send_close(1008, "rate limit exceeded")
 
     def _pause(self) -> None:
         self._paused = True
@@ -794,6 +903,7 @@ class WebSocket:
         return bool(_INT_STRUCT.unpack(pending)[0] > 0)
 
     def _keepalive_failed(self) -> None:
+        counters.keepalive_timeouts += 1
         logger.info("closing a websocket: no answer to a ping within %s s", self.ping_timeout)
         self.close(1011, "keepalive ping timeout")
 
@@ -905,8 +1015,10 @@ class WebSocket:
 
         """
         connection = self._connection
-        if connection.closed or connection.state is CONNECTING:
+        if connection.closed or connection.close_owed is not None or connection.state is CONNECTING:
             return
+        counters.messages_sent += 1
+        counters.bytes_sent += len(frame)
         outbox, writer = self._outbox, self._writer
         if (outbox is not None and outbox.busy) or writer.lock.locked():
             self._enqueue(frame, len(frame))
@@ -925,13 +1037,62 @@ class WebSocket:
 
         """
         connection, inbox, outbox = self._connection, self._inbox, self._outbox
-        if connection.closed or connection.state is CONNECTING or inbox.ended:
+        if (
+            connection.closed
+            or connection.close_owed is not None
+            or connection.state is CONNECTING
+            or inbox.ended
+        ):
             return
         if (outbox is None or not outbox.busy) and not inbox.full:
             inbox.messages.append(message)
             inbox.wake()
         else:
             self._enqueue(message, size)
+
+    def close_from_group(self, code: int, reason: str) -> None:
+        """
+        Start closing the connection because a group it is in was closed; never wait.
+
+        ``close_group()``, ``disconnect_user()`` and the end of the
+        websocket's session close groups. ``code`` and ``reason`` are valid.
+        The connection closes as with :meth:`close`, in a greenlet of its
+        own, as the process's writer greenlet calls this and must not
+        wait; the view's :meth:`wait` returns :obj:`None` once the close
+        frame is out. Does nothing once the connection is closing.
+
+        """
+        connection = self._connection
+        if connection.closed or connection.close_owed is not None:
+            return
+        outbox = self._outbox
+        if outbox is not None and outbox.busy:
+            # Group messages wait for this client, or its view: they go
+            # first, then the outbox's flusher starts the close.
+            outbox.put_action(partial(self._close_after_messages, code, reason))
+        else:
+            self._close_after_messages(code, reason)
+
+    def _close_after_messages(self, code: int, reason: str) -> None:
+        # Owe the close, and send it once the view had what came before it;
+        # never waits. Until the 101 is out, _open() sends it.
+        if not self._connection.owe_close(code, reason):
+            return
+        logger.info("closing a websocket with %d %r: its group was closed", code, reason)
+        if self._connection.state is not CONNECTING:
+            self._close_owed_now()
+
+    def _close_owed_now(self) -> None:
+        # Send the close owed once the view has its messages (see
+        # _close_when_read), and end TCP if the client never answers, even
+        # if the view is not reading.
+        self._close_when_read()
+        gevent.spawn(self._end_after_close)
+
+    def _end_after_close(self) -> None:
+        if not self._wait_closed(2 * self.close_timeout):  # the view's turn, then the client's
+            logger.debug("no close frame from the client within %s s", self.close_timeout)
+            self._close_tcp()
 
     def _get_outbox(self) -> Outbox:
         outbox = self._outbox
@@ -943,10 +1104,11 @@ class WebSocket:
         # Into the outbox, for its flusher, within max_send_queue.
         outbox = self._get_outbox()
         if not outbox.put(item, size, self.max_send_queue):
+            counters.slow_clients += 1
             who = "the view" if outbox.head_is_for_view else "the client"
             logger.warning(
-                "closing a websocket with 1008: %d bytes of group messages wait for %s "
+                "closing a websocket with 1013: %d bytes of group messages wait for %s "
                 "(WEBSOCKET_MAX_SEND_QUEUE is %d)",
                 outbox.size, who, self.max_send_queue,
             )
-            self._abort(1008, "send queue full")
+            self._abort(1013, "send queue full")

@@ -9,7 +9,7 @@ Run production with::
 :class:`~django_websocket.server.WebSocketHandler` (re-exported here), plus
 what gunicorn adds: its access log and environ, its limits on request
 headers, a timeout on TLS handshakes, graceful stops that close websockets
-with 1001, and checks at start-up (``--preload``, the broadcast backend
+with 1012 over a window, and checks at start-up (``--preload``, the broadcast backend
 with several workers).
 
 It builds on gunicorn's own ``gevent_pywsgi`` worker. Only this module
@@ -23,13 +23,16 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import weakref
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import gevent
 from gunicorn.glogging import Logger
+from gunicorn.instrument.statsd import Statsd
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
+from . import metrics
 from .conf import settings
 from .server import WebSocketHandler, adopt, stop_waiting_for_requests
 from .states import open_websockets
@@ -91,6 +94,10 @@ class GunicornWebSocketHandler(WebSocketHandler, PyWSGIHandler):  # type: ignore
 class _Server(PyWSGIServer):
     """gunicorn's server, with a timeout on the TLS handshake."""
 
+    def start(self) -> None:
+        super().start()
+        _servers.add(self)
+
     def do_handle(self, *args: Any) -> None:
         # gevent's starts each connection's greenlet in a helper that calls
         # handle(*args): a call through C, whose stack the greenlet of every
@@ -128,6 +135,20 @@ class _Server(PyWSGIServer):
             ssl_socket.close()
 
 
+# The servers of this worker, which gunicorn keeps to itself: a graceful
+# stop closes their listening sockets at once.
+_servers: weakref.WeakSet[_Server] = weakref.WeakSet()
+
+# The close code and reason of websockets when the worker stops: 1012,
+# service restart, tells clients to connect again.
+_RESTART = (1012, "service restart")
+
+# What gunicorn's graceful timeout must leave after the restart window,
+# besides the closing handshakes: it checks once a second whether every
+# connection has ended, and the views still have to return.
+_SHUTDOWN_MARGIN = 2.0
+
+
 def _serve(server: _Server, sock: socket.socket, address: Any) -> None:
     """Handle one connection, then close its socket: gevent's helper, without its call through C."""
     try:
@@ -144,12 +165,16 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
     A gunicorn worker for websocket views.
 
     Use it with ``gunicorn -k django_websocket.worker.GeventWebSocketWorker``.
-    On graceful shutdown (``SIGTERM``), every open websocket is closed with
-    1001 so that views can clean up before the worker exits, and HTTP
-    connections idle between requests are closed at once instead of
-    holding the worker until they time out. A websocket that a view
-    accepts later is closed with 1001 at once; an upgrade whose head
-    arrives later gets ``503``.
+    On graceful shutdown (``SIGTERM``, which gunicorn also sends to the old
+    workers when it reloads on ``SIGHUP``), the worker stops accepting
+    connections at once, and every open websocket is closed with 1012
+    (service restart), spread over :data:`WEBSOCKET_RESTART_WINDOW` seconds
+    (shortened to fit in gunicorn's ``graceful_timeout``), so that views
+    can clean up before the worker exits and clients come back a few at a
+    time. HTTP connections idle between requests are closed at once
+    instead of holding the worker until they time out. A websocket that a
+    view accepts later is closed with 1012 at once; an upgrade whose head
+    arrives later gets ``503`` with ``Retry-After``.
 
     """
 
@@ -168,6 +193,9 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         _freeze_loaded_objects()
+        # This worker's websocket metrics go to Prometheus's shared files
+        # (PROMETHEUS_MULTIPROC_DIR) or statsd (--statsd-host) once a second.
+        metrics.start_exporting(self.log if isinstance(self.log, Statsd) else None)
         # Django is set up now. The first worker speaks for all.
         if self.cfg.preload_app and self.age == 1:
             logger.warning(
@@ -182,14 +210,59 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
             return
         _warn_about_broadcast(self.cfg.workers)
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            metrics.stop_exporting()  # with the last figures
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
+        if open_websockets.closing is not None:
+            return  # a second signal: the stop is under way
         # gunicorn waits for every connection to end: end the idle ones now,
         # and close the websockets so that their views return, including
         # those that views accept from now on.
         stop_waiting_for_requests()
-        open_websockets.closing = (1001, "server shutting down")
-        gevent.spawn(close_all, 1001, "server shutting down")
+        open_websockets.closing = _RESTART
+        # Not in the signal handler: settings may be read for the first time.
+        gevent.spawn(self._close_websockets)
+
+    def _close_websockets(self) -> None:
+        # gunicorn closes its listening sockets within a second; meanwhile a
+        # new connection would only get a 503. Closed now, new connections
+        # wait in the backlog for a worker that serves them (after SIGHUP,
+        # the new workers).
+        for server in list(_servers):
+            server.close()
+        window = _restart_window(
+            settings.RESTART_WINDOW, self.cfg.graceful_timeout, settings.CLOSE_TIMEOUT
+        )
+        close_all(*_RESTART, window=window)
+
+
+def _restart_window(window: float, graceful_timeout: float, close_timeout: float) -> float:
+    """
+    Return the seconds over which to spread the closes, fit in ``graceful_timeout``.
+
+    gunicorn kills a worker still running ``graceful_timeout`` seconds after
+    it told it to stop: the window, the last closing handshake
+    (``close_timeout``) and a margin must fit in it. When they do not, the
+    window is shortened, with a warning that says what to change.
+
+    """
+    room = max(0.0, graceful_timeout - close_timeout - _SHUTDOWN_MARGIN)
+    if window <= room:
+        return window
+    logger.warning(
+        "WEBSOCKET_RESTART_WINDOW is %g s, but gunicorn's graceful timeout of %g s leaves "
+        "%g s once the closing handshakes (WEBSOCKET_CLOSE_TIMEOUT, %g s) and %g s of margin "
+        "are counted: websockets are closed over %g s. Raise --graceful-timeout to %g or "
+        "lower WEBSOCKET_RESTART_WINDOW.",
+        window, graceful_timeout, room, close_timeout, _SHUTDOWN_MARGIN, room,
+        window + close_timeout + _SHUTDOWN_MARGIN,
+    )
+    return room
 
 
 def _freeze_loaded_objects() -> None:

@@ -36,7 +36,9 @@ accesslog = "-"
 timeout = 30
 
 # On SIGTERM (and on SIGHUP, which replaces the workers), a worker closes
-# its websockets with 1001 ("going away") and waits for its connections to
-# end, for this many seconds at most, before it exits. The pages reconnect
-# by themselves, with jitter, to whichever worker is up.
-graceful_timeout = 10
+# its websockets with 1012 ("service restart"), spread over
+# WEBSOCKET_RESTART_WINDOW (10 s), and waits for its connections to end, for
+# this many seconds at most, before it exits: the window, the closing
+# handshakes (5 s) and 2 s of margin must fit. The pages reconnect by
+# themselves, with jitter, to whichever worker is up.
+graceful_timeout = 20

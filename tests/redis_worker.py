@@ -44,12 +44,16 @@ class Member:
         )
         self.websocket.accept()
         self.received: list = []
+        self.positions: list = []  # of the messages of groups with history
         self.reader = gevent.spawn(self._read)
 
     def _read(self) -> None:
         while (message := self.websocket.wait()) is not None:
             payload = message.message
             self.received.append(payload if isinstance(payload, str) else payload.hex())
+            if message.position is not None:
+                self.positions.append(str(message.position))
+        self.received.append("(closed)")
 
 
 class Commands:
@@ -113,6 +117,12 @@ class Commands:
         received, member.received = member.received, []
         return received
 
+    def positions(self, name: str) -> list:
+        """Return and forget the positions of the messages the websocket ``name`` received."""
+        member = self.member(name)
+        positions, member.positions = member.positions, []
+        return positions
+
     def publish(self, group: str, message: str, count: int = 1, concurrently: bool = False) -> dict:
         """
         Publish ``message`` ``count`` times: one after the other, or each in a greenlet of its own.
@@ -140,6 +150,13 @@ class Commands:
             for number in range(count):
                 one(number)
         return results
+
+    def publish_and_close(self, group: str, message: str, reason: str) -> None:
+        """Publish ``message`` to ``group``, then close the group, from this process."""
+        from django_websocket import close_group, publish
+
+        publish(group, message)
+        close_group(group, reason=reason)
 
     def state(self) -> dict:
         """Return what the backend of this process holds."""
@@ -193,6 +210,8 @@ def main() -> None:
 
     django.setup()
     override_settings(WEBSOCKET_BROADCAST=json.loads(os.environ["WEBSOCKET_TEST_BROADCAST"])).enable()
+    if "WEBSOCKET_TEST_HISTORY" in os.environ:
+        override_settings(WEBSOCKET_HISTORY=json.loads(os.environ["WEBSOCKET_TEST_HISTORY"])).enable()
     commands = Commands()
     server = StreamServer(("127.0.0.1", 0), lambda sock, address: serve(commands, sock, address))
     server.start()

@@ -35,6 +35,7 @@ from django_websocket import (
     GroupMessage,
     WebSocketError,
     broadcast,
+    close_group,
     publish,
     send_to_user,
 )
@@ -418,10 +419,10 @@ def test_a_client_that_does_not_read_is_closed_and_delays_no_one(pairs, caplog):
     assert slow.close_code == 1006
     with pytest.raises(ConnectionClosed) as exc_info:
         slow.send("anything")
-    assert exc_info.value.sent_code == 1008
+    assert exc_info.value.sent_code == 1013
     assert exc_info.value.sent_reason == "send queue full"
     assert slow.wait(timeout=TIMEOUT) is None
-    warnings = [r for r in caplog.records if "closing a websocket with 1008" in r.getMessage()]
+    warnings = [r for r in caplog.records if "closing a websocket with 1013" in r.getMessage()]
     assert len(warnings) == 1
     assert "for the client" in warnings[0].getMessage()
     assert fast.state == "OPEN"
@@ -437,7 +438,7 @@ def test_a_view_that_does_not_read_its_group_messages_is_closed(pairs, caplog):
     assert websocket.state == "CLOSED"
     assert any("for the view" in r.getMessage() for r in caplog.records)
     # The close frame went out: nothing was being written.
-    assert client.read_close() == (1008, "send queue full")
+    assert client.read_close() == (1013, "send queue full")
 
 
 def test_tiny_messages_count_their_place_in_the_send_queue(pairs, caplog):
@@ -459,7 +460,7 @@ def test_tiny_messages_count_their_place_in_the_send_queue(pairs, caplog):
     finally:
         tracemalloc.stop()
     assert websocket.state == "CLOSED"
-    assert any("closing a websocket with 1008" in r.getMessage() for r in caplog.records)
+    assert any("closing a websocket with 1013" in r.getMessage() for r in caplog.records)
     # 1 MiB of queue, and the publishing loop's own garbage.
     assert peak < 3 * 1024 * 1024
 
@@ -1018,3 +1019,46 @@ def test_locmem_warns_under_several_workers(tmp_path):
     finally:
         server.stop()
     assert server.log().count(warning) == 1
+
+
+# Closing a group: the messages published before the close reach its
+# members first, even those that wait in a send queue.
+
+
+def test_a_group_close_follows_the_frames_waiting_for_a_slow_client(pairs):
+    websocket, client = opened(pairs, max_send_queue=None)
+    websocket.subscribe("closing-slowly")
+    payloads = [f"{number:03d}" + "x" * 65536 for number in range(40)]  # 2.6 MB: they wait
+    for payload in payloads:
+        publish("closing-slowly", payload)
+    assert websocket._outbox is not None and websocket._outbox.busy
+    close_group("closing-slowly", reason="room closed")
+    assert [client.read_message() for _ in payloads] == payloads
+    assert client.read_close() == (1008, "room closed")
+    client.send_close(1008)
+    wait_for(lambda: websocket.state == "CLOSED", "the connection to close")
+
+
+def test_a_group_close_follows_the_messages_waiting_for_the_view(pairs):
+    websocket, client = opened(pairs, max_queue=1)
+    websocket.subscribe("closing-view", forward=False)
+    for number in range(5):
+        publish("closing-view", f"message {number}")
+    close_group("closing-view", reason="room closed")
+    received = []
+    while (message := websocket.wait(timeout=TIMEOUT)) is not None:
+        received.append(message.message)
+    assert received == [f"message {number}" for number in range(5)]
+    assert client.read_close() == (1008, "room closed")
+
+
+def test_no_group_message_goes_out_once_a_close_is_owed(pairs):
+    websocket, client = opened(pairs)
+    websocket.subscribe("closing-first")
+    client.send_text("unread")  # the view has not read it: the close waits for it
+    wait_for(lambda: websocket.count_messages() == 1, "the client's message")
+    close_group("closing-first", reason="room closed")
+    publish("closing-first", "after the close")
+    assert websocket.wait(timeout=TIMEOUT) == "unread"
+    assert websocket.wait(timeout=TIMEOUT) is None
+    assert client.read_close() == (1008, "room closed")

@@ -61,6 +61,8 @@ def test_override_settings_as_decorator():
         ("MAX_QUEUE", 1),
         ("CLOSE_TIMEOUT", 0.01),
         ("CLOSE_TIMEOUT", 2),
+        ("RESTART_WINDOW", 0),
+        ("RESTART_WINDOW", 12.5),
     ],
 )
 def test_valid_values(name, value):
@@ -78,6 +80,26 @@ def test_allowed_origins_list_becomes_a_tuple():
 MAX_MESSAGE_SIZE_MUST = "WEBSOCKET_MAX_MESSAGE_SIZE must be a positive integer or None; got"
 
 INVALID = [
+    (
+        "RESTART_WINDOW",
+        -1,
+        "WEBSOCKET_RESTART_WINDOW must be a finite number of seconds, 0 or more; got -1.",
+    ),
+    (
+        "RESTART_WINDOW",
+        None,
+        "WEBSOCKET_RESTART_WINDOW must be a finite number of seconds, 0 or more; got None.",
+    ),
+    (
+        "RESTART_WINDOW",
+        float("inf"),
+        "WEBSOCKET_RESTART_WINDOW must be a finite number of seconds, 0 or more; got inf.",
+    ),
+    (
+        "RESTART_WINDOW",
+        float("nan"),
+        "WEBSOCKET_RESTART_WINDOW must be a finite number of seconds, 0 or more; got nan.",
+    ),
     ("ACCEPT_ALL", "yes", "WEBSOCKET_ACCEPT_ALL must be True or False; got 'yes'."),
     ("ACCEPT_ALL", 1, "WEBSOCKET_ACCEPT_ALL must be True or False; got 1."),
     ("ACCEPT_ALL", None, "WEBSOCKET_ACCEPT_ALL must be True or False; got None."),

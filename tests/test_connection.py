@@ -9,6 +9,8 @@ compares what it returns byte for byte; no socket, no greenlet.
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_websocket.connection import Connection, Keepalive
 from django_websocket.exceptions import ConnectionClosed, InvalidState
@@ -250,3 +252,81 @@ def test_no_keepalive_without_an_interval_or_after_a_close_frame():
     assert connection.check_alive(100.0, None, 2.0) == (Keepalive.WAIT, 1.0)
     connection.send_close(1000)
     assert connection.check_alive(100.0, 10.0, 2.0) == (Keepalive.WAIT, 1.0)
+
+
+# Property-based: whatever the client sends and whatever the server does, in
+# any order, the closing handshake keeps its rules.
+
+CLIENT_DATA = st.sampled_from(
+    [
+        frame(OP_TEXT, "hi"),
+        frame(OP_BINARY, b"\x00"),
+        frame(OP_PING, b"p"),
+        frame(OP_PONG, b"p"),
+        close_frame(1000),
+        close_frame(4000, "bye"),
+        frame(OP_CLOSE),
+        frame(OP_TEXT, b"\xff"),  # invalid UTF-8: 1007
+        frame(OP_PING, b"x" * 126),  # control frame too long: 1002
+    ]
+)
+SERVER_ACTIONS = st.sampled_from(["send", "close", "answer", "written", "lost"])
+ORDER = {"CONNECTING": 0, "OPEN": 1, "CLOSING": 2, "CLOSED": 3}
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(CLIENT_DATA, SERVER_ACTIONS), max_size=12), st.data())
+def test_the_closing_handshake_keeps_its_rules_in_any_order(steps, data):
+    connection = opened()
+    sent = []  # the server's close frames
+    state = connection.state
+    for step in steps:
+        if isinstance(step, bytes):
+            if connection.state == "CLOSED":
+                continue  # nothing is read once TCP is closed
+            data_events = connection.receive_data(step)
+            if connection.reading_done:
+                # After the client's close frame, nothing more is reported.
+                assert connection.receive_data(frame(OP_TEXT, "late")) == []
+            for event in data_events:
+                if isinstance(event, Close):
+                    assert connection.close_code == event.code
+        elif step == "send":
+            if connection.closed:
+                with pytest.raises(ConnectionClosed):
+                    connection.send_message("x")
+            else:
+                assert connection.send_message("x") == b"\x81\x01x"
+        elif step == "close":
+            frame_sent = connection.send_close(1001, "going")
+            if frame_sent is not None:
+                sent.append(frame_sent)
+        elif step == "answer":
+            owed = connection.close_owed
+            if owed is not None:
+                sent.append(connection.send_close(*owed))
+                assert connection.close_owed is None
+        elif step == "written":
+            if sent:
+                connection.close_written()
+        elif step == "lost":
+            connection.connection_closed()
+        # States only move forward.
+        assert ORDER[connection.state] >= ORDER[state]
+        state = connection.state
+        # At most one close frame, and nothing owed once it is sent.
+        assert len(sent) <= 1
+        if sent:
+            assert connection.closed and connection.close_owed is None
+        # A close is owed only after the client's close frame or a failure.
+        if connection.close_owed is not None:
+            assert connection.state == "CLOSING" and connection.parser.failed or (
+                connection.close_code is not None
+            )
+        # Done: both close frames went, and the state says so.
+        if connection.done:
+            assert sent and connection.close_code is not None
+        if connection.state == "OPEN":
+            assert not sent and connection.close_code is None and not connection.parser.failed
+    if connection.state == "CLOSED":
+        assert connection.close_code is not None

@@ -48,7 +48,12 @@ def test_top_level_exports():
             "publish",
             "send_to_user",
             "broadcast",
+            "close_group",
+            "disconnect_user",
             "GroupMessage",
+            "history",
+            "History",
+            "Position",
         ]
     )
     assert len(set(django_websocket.__all__)) == len(django_websocket.__all__)

@@ -504,7 +504,7 @@ def test_access_log_shows_refusal_status(server):
 # Graceful shutdown: a server of its own.
 
 
-def test_sigterm_closes_websockets_with_1001(tmp_path):
+def test_sigterm_closes_websockets_with_1012(tmp_path):
     cleanup = tmp_path / "cleanup"
     cleanup.mkdir()
     graceful_timeout = int(6 * TIMEOUT)
@@ -522,8 +522,8 @@ def test_sigterm_closes_websockets_with_1001(tmp_path):
             assert waiting.recv(TIMEOUT) == "ready"
             start = time.monotonic()
             os.kill(server.process.pid, signal.SIGTERM)
-            assert close_of(iterating)[0] == 1001
-            assert close_of(waiting)[0] == 1001
+            assert close_of(iterating)[0] == 1012
+            assert close_of(waiting)[0] == 1012
         assert (cleanup / "iterating").read_text() == "iteration ended"
         assert (cleanup / "waiting").read_text() == "wait() returned None"
         try:
@@ -1178,6 +1178,7 @@ def test_sigterm_refuses_handshakes_still_arriving(tmp_path):
         response = read_until_closed(half)
         assert response is not None, "the connection is still open"
         assert response.startswith(b"HTTP/1.1 503 "), response
+        assert b"\r\nRetry-After: 1\r\n" in response, response
 
         try:
             server.process.wait(graceful_timeout)
@@ -1211,8 +1212,8 @@ def test_sigterm_closes_websockets_accepted_late(tmp_path):
         assert idle.sock.recv(1) == b"", "the worker did not close an idle connection"
         response, frames = read_head(late)
         assert response.startswith(b"HTTP/1.1 101 "), response
-        assert read_close_frame(late, frames) == 1001
-        late.sendall(masked_frame(0x8, (1001).to_bytes(2, "big")))
+        assert read_close_frame(late, frames) == 1012
+        late.sendall(masked_frame(0x8, (1012).to_bytes(2, "big")))
 
         try:
             server.process.wait(graceful_timeout)

@@ -24,7 +24,7 @@ import redis
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from django_websocket import BroadcastError, broadcast, publish, send_to_user
+from django_websocket import BroadcastError, broadcast, metrics, publish, send_to_user
 from django_websocket.broadcast import get_backend
 from django_websocket.broadcast.redis import RedisBackend
 
@@ -387,11 +387,13 @@ def test_publish_survives_a_redis_restart(tmp_path):
 
 def test_publish_when_redis_is_down():
     port = servers.free_port()
+    failures = metrics.counters.publish_failures
     with publishing_to(f"redis://127.0.0.1:{port}/0"):
         start = time.monotonic()
         with pytest.raises(BroadcastError):
             publish("down", "refused")
         assert time.monotonic() - start < TIMEOUT / 10
+    assert metrics.counters.publish_failures == failures + 1
 
 
 # Slow clients.
@@ -413,9 +415,9 @@ def test_client_that_never_reads_delays_no_one(redis_server, machines, clients):
             assert fast.recv(TIMEOUT)[:3] == f"{number:03}"
         # Well below WEBSOCKET_SEND_TIMEOUT (30 s), what a blocked writer would take.
         assert time.monotonic() - start < TIMEOUT
-        assert b.wait_for_log("closing a websocket with 1008", start_log)
+        assert b.wait_for_log("closing a websocket with 1013", start_log)
         assert_dropped(slow)
-    assert b.log(start_log).count("closing a websocket with 1008") == 1
+    assert b.log(start_log).count("closing a websocket with 1013") == 1
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from django_websocket.protocol import (
     OP_PONG,
     OP_TEXT,
 )
-from django_websocket.websocket import close_all
+from django_websocket.websocket import CLOSE_ALL_TICK, close_all
 
 from .utils import (
     KEY,
@@ -627,14 +627,38 @@ def test_close_all(pairs):
     waiting, bystander = pairs.open()
     close_all()
     for websocket, client in opened:
-        assert client.read_close() == (1001, "server shutting down")
-        client.send_close(1001)
+        assert client.read_close() == (1012, "service restart")
+        client.send_close(1012)
     for websocket, client in opened:
         wait_for(lambda: websocket.state == "CLOSED", "the websocket to close")
         client.assert_closed()
         assert websocket.wait() is None
     assert waiting.state == "CONNECTING"
     bystander.assert_nothing_sent(pairs.server_socket(waiting))
+
+
+def test_close_all_spreads_closes_over_the_window(pairs):
+    opened = [pairs.open() for _ in range(10)]
+    for websocket, client in opened:
+        websocket.accept()
+        client.handshake()
+    window = 500 * MS
+    start = time.monotonic()
+    closer = close_all(1012, "service restart", window)
+    assert closer is not None  # one greenlet closes them all
+
+    def closed_after(client):
+        assert client.read_close() == (1012, "service restart")
+        client.send_close(1012)
+        return time.monotonic() - start
+
+    readers = [gevent.spawn(closed_after, client) for _, client in opened]
+    times = sorted(reader.get(timeout=window + TIMEOUT) for reader in readers)
+    closer.get(timeout=TIMEOUT)
+    # The i-th of n is due window * i / n after the call, in batches of CLOSE_ALL_TICK.
+    assert times[0] < CLOSE_ALL_TICK, times
+    assert window * 0.9 - CLOSE_ALL_TICK < times[-1] < window + CLOSE_ALL_TICK, times
+    assert sum(t < window / 2 for t in times) <= len(times) // 2 + 1, times
 
 
 # The send timeout: a client that does not read.

@@ -490,14 +490,15 @@ def test_upgrade_whose_head_ends_after_stop_began_is_refused_with_503(serve, mon
             received += chunk
     assert received.startswith(b"HTTP/1.1 503 "), received
     assert b"\r\nConnection: close\r\n" in received, received
+    assert b"\r\nRetry-After: 1\r\n" in received, received
 
 
-def test_websocket_accepted_after_stop_began_is_closed_with_1001(serve, monkeypatch, settings):
+def test_websocket_accepted_after_stop_began_is_closed_with_1012(serve, monkeypatch, settings):
     from django_websocket import states
     from django_websocket.handshake import ENVIRON_KEY
 
     settings.WEBSOCKET_CLOSE_TIMEOUT = 50 * MS  # this client answers no close frame
-    monkeypatch.setattr(states.open_websockets, "closing", (1001, "server shutting down"))
+    monkeypatch.setattr(states.open_websockets, "closing", (1012, "service restart"))
 
     def app(environ, start_response):
         websocket = environ[ENVIRON_KEY]
@@ -509,7 +510,7 @@ def test_websocket_accepted_after_stop_began_is_closed_with_1001(serve, monkeypa
     received, closed = exchange(serve(app), HANDSHAKE, quiet=TIMEOUT)
     response, _, frames = received.partition(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101 "), received
-    assert frames == b"\x88\x16\x03\xe9server shutting down", frames
+    assert frames == b"\x88\x11\x03\xf4service restart", frames
     assert closed
 
 

@@ -1,5 +1,7 @@
 from django.urls import path
 
+from django_websocket.metrics import metrics_view
+
 from . import views
 
 urlpatterns = [
@@ -28,4 +30,6 @@ urlpatterns = [
     path("frozen-objects/", views.frozen_objects),
     path("body-length/", views.body_length),
     path("accept-later/", views.accept_later),
+    path("metrics/", metrics_view),
+    path("pid/", views.pid),
 ]

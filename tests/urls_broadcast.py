@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import broadcast_views
+from . import broadcast_views, session_views
 from .urls import urlpatterns as base_urlpatterns
 
 urlpatterns = [
@@ -13,4 +13,11 @@ urlpatterns = [
     path("broadcast/broadcast/", broadcast_views.broadcast_view),
     path("broadcast/pid/", broadcast_views.pid),
     path("broadcast/user-pk/", broadcast_views.user_pk),
+    path("sessions/logout/", session_views.logout_view),
+    path("sessions/change-password/", session_views.change_password),
+    path("sessions/deactivate/", session_views.deactivate),
+    path("sessions/flush/", session_views.flush),
+    path("sessions/delete/", session_views.delete_sessions),
+    path("sessions/disconnect-user/", session_views.disconnect_user_view),
+    path("sessions/close-group/", session_views.close_group_view),
 ]

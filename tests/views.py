@@ -250,3 +250,10 @@ def accept_later(request):
     request.websocket.accept()
     for message in request.websocket:
         request.websocket.send(message)
+
+
+@require_websocket
+def pid(request):
+    """Tell which worker process serves the websocket; wait for the client to close."""
+    request.websocket.send(str(os.getpid()))
+    request.websocket.wait()

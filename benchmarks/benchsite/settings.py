@@ -7,6 +7,7 @@ only what their servers need, so that every Django server runs the same stack.
 
 """
 
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -70,3 +71,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The load generators send as fast as the server answers, far above the
+# default rate limit: it is off, unless BENCH_RATE_LIMIT ("rate,burst")
+# sets one, to measure what the check costs.
+WEBSOCKET_RATE_LIMIT = (
+    tuple(float(n) for n in os.environ["BENCH_RATE_LIMIT"].split(","))
+    if os.environ.get("BENCH_RATE_LIMIT")
+    else None
+)

@@ -12,6 +12,10 @@ from benchsite.settings import *  # noqa: F401,F403
 ROOT_URLCONF = "broadcastsite.urls"
 WSGI_APPLICATION = "broadcastsite.wsgi.application"
 
+if os.environ.get("BENCH_HISTORY"):
+    # broadcast.py --history: the group keeps history, on either backend.
+    WEBSOCKET_HISTORY = {"bench": {"SIZE": 1000, "TTL": 300}}
+
 if os.environ.get("BENCH_REDIS_URL"):
     WEBSOCKET_BROADCAST = {
         "BACKEND": "django_websocket.broadcast.redis.RedisBackend",

@@ -26,19 +26,41 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from ..conf import settings
+from ..exceptions import BroadcastError
+from ..metrics import counters
 from .base import (
     BROADCAST_GROUP,
+    RESERVED_PREFIX,
     BaseBackend,
     GroupMessage,
     Member,
     Message,
+    check_close,
     check_group,
     normalize,
     registry,
     user_group,
 )
+from .policy import policy_for
+from .positions import History, Position
 
-__all__ = ["publish", "send_to_user", "broadcast", "get_backend", "create_backend", "GroupMessage"]
+__all__ = [
+    "publish",
+    "send_to_user",
+    "broadcast",
+    "close_group",
+    "disconnect_user",
+    "get_backend",
+    "create_backend",
+    "GroupMessage",
+    "history",
+    "History",
+    "Position",
+]
+
+#: The close code of close_group() and disconnect_user(), and of the end of
+#: a session: 1008 (Policy Violation), which tells clients not to reconnect.
+POLICY_CLOSE = 1008
 
 _backend: BaseBackend | None = None
 _creating = threading.Lock()
@@ -53,9 +75,9 @@ def _new_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
-def publish(group: str, message: Message | bytearray | memoryview) -> None:
+def publish(group: str, message: Message | bytearray | memoryview) -> Position | None:
     """
-    Send ``message`` to every websocket subscribed to ``group``.
+    Send ``message`` to every websocket subscribed to ``group``; return its position.
 
     ``message`` is sent as text if it is a :class:`str` and as binary if it
     is bytes-like, to the websockets subscribed in every worker process and
@@ -67,41 +89,108 @@ def publish(group: str, message: Message | bytearray | memoryview) -> None:
     It works from any process configured with the same settings: a view, a
     management command, a Celery task, the shell.
 
+    When a pattern of :data:`WEBSOCKET_HISTORY` matches ``group``, the
+    message is kept in the group's history as it is sent, in one step (see
+    :ref:`history`), and it gets a :class:`Position`.
+
+    Returns:
+        The message's :class:`Position` in the group's history;
+        :obj:`None` if the group keeps none.
+
     Raises:
         BroadcastError: the message cannot reach the broker, hence the other
-            processes (the websockets of this one may have it).
+            processes (the websockets of this one may have it; with history,
+            they don't).
+        ImproperlyConfigured: ``group`` keeps history, and the backend
+            cannot keep it.
         TypeError: ``message`` is neither text nor bytes-like, or ``group``
             is not a :class:`str`.
         ValueError: ``group`` is not a valid group name.
 
     """
-    _publish(check_group(group), message)
+    return _publish(check_group(group), message)
 
 
-def send_to_user(user: object, message: Message | bytearray | memoryview) -> None:
+def send_to_user(user: object, message: Message | bytearray | memoryview) -> Position | None:
     """
     Send ``message`` to every websocket opened by ``user``, in every tab and on every device.
 
     ``user`` is a user object or its primary key. A websocket is the user's
     when its handshake request had that authenticated ``request.user``.
+    Returns the message's position, as :func:`publish` does, if a pattern
+    of :data:`WEBSOCKET_HISTORY` matches the user's group,
+    ``"django_websocket.user.<pk>"``.
 
     Raises:
         BroadcastError: the message cannot reach the broker.
         ValueError: ``user`` is anonymous or unsaved.
 
     """
-    _publish(user_group(user), message)
+    return _publish(user_group(user), message)
 
 
-def broadcast(message: Message | bytearray | memoryview) -> None:
+def broadcast(message: Message | bytearray | memoryview) -> Position | None:
     """
     Send ``message`` to every open websocket, in every process.
+
+    Returns the message's position, as :func:`publish` does, if a pattern
+    of :data:`WEBSOCKET_HISTORY` matches ``"django_websocket.broadcast"``.
 
     Raises:
         BroadcastError: the message cannot reach the broker.
 
     """
-    _publish(BROADCAST_GROUP, message)
+    return _publish(BROADCAST_GROUP, message)
+
+
+def close_group(group: str, code: int = POLICY_CLOSE, reason: str = "closed by the server") -> None:
+    """
+    Close every websocket subscribed to ``group``, in every process.
+
+    The websockets get a close frame with ``code`` and ``reason``, after
+    the group's messages published before; their views'
+    :meth:`~django_websocket.WebSocket.wait` returns :obj:`None`. The
+    default code, 1008 (Policy Violation), tells clients not to reconnect
+    (see :ref:`ending-access`): set ``code`` to 1012 (Service Restart) or
+    1013 (Try Again Later) for clients that should come back. Like
+    :func:`publish`, it works from any process, through the backend: this
+    process's websockets only with the in-memory backend, every worker on
+    every machine with Redis.
+
+    Raises:
+        BroadcastError: the request cannot reach the broker.
+        TypeError: ``group`` is not a :class:`str`, ``code`` not an
+            :class:`int` or ``reason`` not a :class:`str`.
+        ValueError: ``group`` is not a valid group name, a server may not
+            send ``code``, or ``reason`` is over 123 bytes of UTF-8.
+
+    """
+    close_members(check_group(group), code, reason)
+
+
+def disconnect_user(user: object, code: int = POLICY_CLOSE, reason: str = "disconnected") -> None:
+    """
+    Close every websocket opened by ``user``, in every tab, on every device.
+
+    ``user`` is a user object or its primary key; the websockets are those
+    that :func:`send_to_user` reaches. ``code`` and ``reason`` are as for
+    :func:`close_group`. The user may open websockets again afterwards:
+    to keep them out, make the user inactive (which also closes their
+    websockets) or refuse them in your views.
+
+    Raises:
+        BroadcastError: the request cannot reach the broker.
+        ValueError: ``user`` is anonymous or unsaved, a server may not send
+            ``code``, or ``reason`` is over 123 bytes of UTF-8.
+
+    """
+    close_members(user_group(user), code, reason)
+
+
+def close_members(group: str, code: int, reason: str, keep: str | None = None) -> None:
+    """Close the websockets of any ``group``, reserved or not, but those in ``keep``."""
+    check_close(code, reason)
+    get_backend().close_members(group, code, reason, keep)
 
 
 class Recorder(Protocol):
@@ -116,11 +205,92 @@ class Recorder(Protocol):
 recorders: list[Recorder] = []
 
 
-def _publish(group: str, message: Message | bytearray | memoryview) -> None:
+def history(
+    group: str, since: Position | str | None = None, limit: int | None = None
+) -> History:
+    """
+    Return the recent messages of ``group``, oldest first, with their positions.
+
+    ``group`` must keep history: a pattern of :data:`WEBSOCKET_HISTORY`
+    matches it. Without ``since``, the messages are the last ``limit`` that
+    the history holds (all of them by default). Set ``since`` to a
+    :class:`Position`, or its string form, to get the messages published
+    after it instead: the first ``limit`` of them; ask again from the last
+    one to get more.
+
+    Whether the history still reaches back to ``since`` is
+    :attr:`History.complete`: a loss is never silent. When it is
+    :obj:`False`, messages were published after ``since`` that the history
+    no longer holds (trimmed, expired, or lost with Redis): send a full
+    state instead.
+
+    Raises:
+        BroadcastError: the broker cannot be reached.
+        ImproperlyConfigured: ``group`` keeps no history, or the backend
+            cannot keep it.
+        TypeError: ``group`` is not a :class:`str`, or ``since`` neither a
+            :class:`Position` nor a :class:`str`.
+        ValueError: ``group`` is not a valid group name, ``since`` is not a
+            valid position, or ``limit`` is not a positive integer.
+
+    """
+    if not (group == BROADCAST_GROUP or _is_user_group(group)):
+        check_group(group)  # raises TypeError for a group that isn't a str
+    if since is not None:
+        since = Position.check(since)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None; got {limit!r}")
+    policy = policy_for(group)
+    if policy is None:
+        raise ImproperlyConfigured(
+            f"the group {group!r} keeps no history: add a pattern that matches it to "
+            'WEBSOCKET_HISTORY, such as {"chat.*": {"SIZE": 100, "TTL": 300}}.'
+        )
+    backend = _history_backend()
+    return backend.history(group, since, limit, policy.size, policy.ttl)
+
+
+def _is_user_group(group: object) -> bool:
+    """Tell whether ``group`` is a name that :func:`user_group` may return."""
+    prefix = RESERVED_PREFIX + "user."
+    return (
+        isinstance(group, str)
+        and len(group) > len(prefix)
+        and group.startswith(prefix)
+        and "{" not in group
+        and "}" not in group
+    )
+
+
+def _history_backend() -> BaseBackend:
+    backend = get_backend()
+    if not backend.supports_history:
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_HISTORY is set, but {type(backend).__name__} keeps no history: "
+            "set WEBSOCKET_HISTORY = {} or use a backend that keeps it, such as "
+            "django_websocket.broadcast.redis.RedisBackend."
+        )
+    return backend
+
+
+def _publish(group: str, message: Message | bytearray | memoryview) -> Position | None:
     message = normalize(message)
-    get_backend().publish(group, message)
+    policy = policy_for(group)
+    position = None
+    try:
+        if policy is None:
+            get_backend().publish(group, message)
+        else:
+            position = _history_backend().publish_with_history(
+                group, message, policy.size, policy.ttl
+            )
+    except BroadcastError:
+        counters.publish_failures += 1
+        raise
+    counters.publishes += 1
     for recorder in recorders:
         recorder.record(group, message)
+    return position
 
 
 def get_backend() -> BaseBackend:

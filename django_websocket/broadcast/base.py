@@ -24,7 +24,8 @@ from typing import Any, Protocol, Union
 
 import gevent
 
-from ..protocol import OP_BINARY, OP_TEXT, check_message, encode_frame
+from ..protocol import OP_BINARY, OP_CLOSE, OP_TEXT, check_close_code, check_message, encode_frame
+from .positions import History, Position
 
 __all__ = [
     "BaseBackend",
@@ -33,6 +34,7 @@ __all__ = [
     "Registry",
     "registry",
     "check_group",
+    "check_close",
     "normalize",
     "user_group",
     "RESERVED_PREFIX",
@@ -79,9 +81,33 @@ def check_group(group: str) -> str:
     return group
 
 
+def check_close(code: int, reason: str) -> None:
+    """
+    Check a close code and reason for ``close_group()`` and ``disconnect_user()``.
+
+    Raises:
+        TypeError: ``code`` is not an :class:`int` or ``reason`` not a :class:`str`.
+        ValueError: a server may not send ``code``, or ``reason`` is over 123
+            bytes once encoded.
+
+    """
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"a close code is an int, not {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"a close reason is a str, not {type(reason).__name__}")
+    if not (code == 1000 or check_close_code(code)):
+        raise ValueError(f"{code} is not a close code a server may send")
+    if len(reason.encode()) > 123:
+        raise ValueError("the close reason must fit in 123 bytes of UTF-8")
+
+
 def user_group(user: object) -> str:
     """
     Return the group of every websocket opened by ``user``, a user or its primary key.
+
+    It is ``"django_websocket.user.<pk>"``, with ``%``, ``{`` and ``}`` in
+    the primary key escaped as ``%25``, ``%7B`` and ``%7D``: braces in a
+    Redis key name its Redis Cluster hash tag (see ``redis_history``).
 
     Raises:
         ValueError: ``user`` has no primary key, as an anonymous user.
@@ -90,7 +116,8 @@ def user_group(user: object) -> str:
     pk = getattr(user, "pk", user)
     if pk is None or getattr(user, "is_anonymous", False) is True:
         raise ValueError(f"{user!r} is not a saved, authenticated user")
-    return f"{RESERVED_PREFIX}user.{pk}"
+    escaped = str(pk).replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return f"{RESERVED_PREFIX}user.{escaped}"
 
 
 def normalize(message: Message | bytearray | memoryview) -> Message:
@@ -125,6 +152,9 @@ class GroupMessage:
     group: str
     #: The message: :class:`str` for text, :class:`bytes` for binary.
     message: Message
+    #: Its :class:`~django_websocket.Position` in the group's history;
+    #: :obj:`None` if the group keeps none (see :data:`WEBSOCKET_HISTORY`).
+    position: Position | None = None
 
 
 class Member(Protocol):
@@ -142,6 +172,17 @@ class Member(Protocol):
 
     def deliver_to_view(self, message: GroupMessage, size: int) -> None:
         """Give ``message`` to the view (``forward=False``); ``size`` is its payload's, in bytes."""
+
+    def close_from_group(self, code: int, reason: str) -> None:
+        """
+        Start closing the connection with ``code`` and ``reason``, which are valid.
+
+        A group it is in was closed (``close_group()``, ``disconnect_user()``,
+        the end of its session). The closing handshake happens in a greenlet
+        of its own: this returns at once, and does nothing once the
+        connection is closing.
+
+        """
 
 
 class _Member(weakref.ref[Member]):
@@ -210,6 +251,11 @@ class Registry:
         """Return the groups that have members in this process."""
         return list(self._groups)
 
+    def count(self) -> tuple[int, int]:
+        """Return how many groups have members in this process, and how many memberships."""
+        groups = self._groups
+        return len(groups), sum(map(len, groups.values()))
+
     def members(self, group: str) -> list[Member]:
         """Return the websockets of this process in ``group``."""
         members = self._groups.get(group, {})
@@ -217,14 +263,20 @@ class Registry:
         return [websocket for websocket in found if websocket is not None]
 
     def deliver(
-        self, group: str, opcode: int, payload: bytes, message: Message | None = None
+        self,
+        group: str,
+        opcode: int,
+        payload: bytes,
+        message: Message | None = None,
+        position: Position | None = None,
     ) -> int:
         """
         Hand a message to every websocket of this process in ``group``; never block.
 
         ``opcode`` is :data:`~django_websocket.protocol.OP_TEXT` or
         :data:`~django_websocket.protocol.OP_BINARY` and ``payload`` the
-        encoded message; ``message`` is the decoded message, if known.
+        encoded message; ``message`` is the decoded message, if known, and
+        ``position`` its position in the group's history, if it has one.
         The process's writer greenlet hands it to each websocket as soon as
         the caller yields. Returns how many websockets are in the group.
 
@@ -232,15 +284,39 @@ class Registry:
         members = self._groups.get(group)
         if not members:
             return 0
-        _jobs.append((group, opcode, payload, message, list(members.items())))
+        _jobs.append((group, opcode, payload, message, list(members.items()), position))
         _start_writer()
         return len(members)
 
-    def deliver_message(self, group: str, message: Message) -> int:
+    def deliver_message(
+        self, group: str, message: Message, position: Position | None = None
+    ) -> int:
         """Like :meth:`deliver`, for a message as :func:`normalize` returns it."""
         if isinstance(message, str):
-            return self.deliver(group, OP_TEXT, message.encode(), message)
-        return self.deliver(group, OP_BINARY, message, message)
+            return self.deliver(group, OP_TEXT, message.encode(), message, position)
+        return self.deliver(group, OP_BINARY, message, message, position)
+
+    def close_members(self, group: str, code: int, reason: str, keep: str | None = None) -> int:
+        """
+        Close the websockets of this process in ``group``, but those also in ``keep``; never block.
+
+        ``code`` and ``reason`` must be valid (see :func:`check_close`). The
+        writer greenlet calls each member's ``close_from_group()`` after the
+        messages handed out before, so that the clients get those first.
+        Returns how many websockets are closed.
+
+        """
+        members = self._groups.get(group)
+        if not members:
+            return 0
+        kept = self._groups.get(keep) if keep is not None else None
+        closing = [item for item in members.items() if not kept or item[0] not in kept]
+        if closing:
+            # The close code travels as the payload of a close frame would
+            # start, and the reason as the message.
+            _jobs.append((group, OP_CLOSE, code.to_bytes(2, "big"), reason, closing, None))
+            _start_writer()
+        return len(closing)
 
 
 #: This process's websockets by group.
@@ -254,8 +330,11 @@ registry = Registry()
 # own (see WebSocket.deliver_frame). One greenlet for every connection is much
 # faster than one per connection and per message.
 
-_Job = tuple[str, int, bytes, Union[Message, None], list[tuple[weakref.ref[Member], bool]]]
-_jobs: list[_Job] = []  # (group, opcode, payload, message, members)
+_Job = tuple[
+    str, int, bytes, Union[Message, None], list[tuple[weakref.ref[Member], bool]],
+    Union[Position, None],
+]
+_jobs: list[_Job] = []  # (group, opcode, payload, message, members, position)
 _writer_running = False
 
 
@@ -282,7 +361,7 @@ def _write() -> None:
         while _jobs:
             jobs = _jobs[:]
             del _jobs[:]
-            for group, opcode, payload, message, members in jobs:
+            for group, opcode, payload, message, members, position in jobs:
                 frame = None
                 group_message = None
                 for ref, forward in members:
@@ -290,7 +369,12 @@ def _write() -> None:
                     if websocket is None:
                         continue
                     try:
-                        if forward:
+                        if opcode == OP_CLOSE:
+                            # From Registry.close_members: the payload is the code.
+                            websocket.close_from_group(
+                                int.from_bytes(payload, "big"), message  # type: ignore[arg-type]
+                            )
+                        elif forward:
                             if frame is None:
                                 # One frame for every connection, built once
                                 # and never compressed: RFC 7692 lets an
@@ -302,7 +386,7 @@ def _write() -> None:
                             if group_message is None:
                                 if message is None:
                                     message = payload.decode() if opcode == OP_TEXT else payload
-                                group_message = GroupMessage(group, message)
+                                group_message = GroupMessage(group, message, position)
                             websocket.deliver_to_view(group_message, len(payload))
                     except Exception:
                         logger.exception("cannot deliver a message of %s to %r", group, websocket)
@@ -323,11 +407,63 @@ class BaseBackend:
     Messages reach the websockets of a process through
     :meth:`Registry.deliver` on :data:`registry`.
 
+    A backend that keeps history (see :data:`WEBSOCKET_HISTORY`) sets
+    :attr:`supports_history` and implements :meth:`publish_with_history`
+    and :meth:`history`. With one that does not, publishing to a group that
+    a pattern of :data:`WEBSOCKET_HISTORY` matches, or reading its history,
+    raises :exc:`~django.core.exceptions.ImproperlyConfigured`, and so does
+    ``manage.py check`` (``django_websocket.E003``).
+
     """
+
+    #: Whether the backend keeps history, with :meth:`publish_with_history`
+    #: and :meth:`history`.
+    supports_history = False
 
     def __init__(self, location: str, options: dict[str, Any]) -> None:
         self.location = location
         self.options = options
+
+    def publish_with_history(
+        self, group: str, message: Message, size: int, ttl: float
+    ) -> Position:
+        """
+        Keep ``message`` in ``group``'s history and deliver it; return its position.
+
+        The history keeps the last ``size`` messages, for ``ttl`` seconds at
+        most. Keeping and delivering are one step: no websocket gets a
+        message that the history does not hold, nor in another order than
+        their offsets. Each websocket's view gets the message's position
+        with it, in ``GroupMessage.position``.
+
+        Raises:
+            BroadcastError: the message cannot reach the broker.
+
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no history: set WEBSOCKET_HISTORY = {{}} or use a "
+            "backend that keeps it, such as django_websocket.broadcast.redis.RedisBackend."
+        )
+
+    def history(
+        self, group: str, since: Position | None, limit: int | None, size: int, ttl: float
+    ) -> History:
+        """
+        Return the messages of ``group``'s history, as :func:`~django_websocket.history` does.
+
+        ``size`` and ``ttl`` are the group's, as for :meth:`publish_with_history`:
+        messages older than ``ttl`` seconds are not returned. A group without
+        history yet gets one (a new epoch, offset 0), so that the position
+        returned is one to ask again from.
+
+        Raises:
+            BroadcastError: the broker cannot be reached.
+
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no history: set WEBSOCKET_HISTORY = {{}} or use a "
+            "backend that keeps it, such as django_websocket.broadcast.redis.RedisBackend."
+        )
 
     def publish(self, group: str, message: Message) -> None:
         """
@@ -358,6 +494,23 @@ class BaseBackend:
         Never blocks.
 
         """
+
+    def close_members(self, group: str, code: int, reason: str, keep: str | None = None) -> None:
+        """
+        Close every websocket in ``group``, in every process, but those also in ``keep``.
+
+        ``code`` and ``reason`` are valid. A backend that carries bytes
+        sends what ``django_websocket.broadcast.wire.encode_close()``
+        returns, and hands it on with ``registry.close_members()`` where it
+        arrives. The messages published before reach the websockets first.
+
+        Raises:
+            BroadcastError: the request cannot reach the broker.
+
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot close groups: implement close_members()"
+        )
 
     def close(self) -> None:
         """Release connections and greenlets; called when the setting changes."""

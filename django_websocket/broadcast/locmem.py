@@ -10,12 +10,14 @@ a Celery worker), use :mod:`django_websocket.broadcast.redis`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import gevent
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import BaseBackend, Message, registry
+from .base import BaseBackend, GroupMessage, Message, registry
+from .positions import History, MemoryHistory, Position
 
 __all__ = ["LocMemBackend"]
 
@@ -43,6 +45,12 @@ class LocMemBackend(BaseBackend):
                 f"got {options!r}."
             )
         super().__init__(location, options)
+        # The history of this backend's groups: a new backend, as after a
+        # restart or a change of settings, starts new epochs.
+        self._history = MemoryHistory()
+        self._history_lock = threading.Lock()
+
+    supports_history = True
 
     def publish(self, group: str, message: Message) -> None:
         if registry.deliver_message(group, message):
@@ -51,3 +59,26 @@ class LocMemBackend(BaseBackend):
             # message: a publisher in a tight loop would fill their send
             # queues faster than any client can read.
             gevent.idle()
+
+    def publish_with_history(
+        self, group: str, message: Message, size: int, ttl: float
+    ) -> Position:
+        # Threads that publish at once hand their messages out in the order
+        # of their offsets.
+        with self._history_lock:
+            position = self._history.append(group, message, size, ttl)
+            delivered = registry.deliver_message(group, message, position)
+        if delivered:
+            gevent.idle()  # as in publish()
+        return position
+
+    def history(
+        self, group: str, since: Position | None, limit: int | None, size: int, ttl: float
+    ) -> History:
+        with self._history_lock:
+            held, complete, position = self._history.read(group, since, limit, ttl)
+        messages = [GroupMessage(group, message, at) for at, message in held]
+        return History(messages, complete, position)
+
+    def close_members(self, group: str, code: int, reason: str, keep: str | None = None) -> None:
+        registry.close_members(group, code, reason, keep)

@@ -33,11 +33,14 @@ Valkey, and other servers that speak the Redis protocol, work as Redis does.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 from urllib.parse import unquote, urlsplit
@@ -51,9 +54,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import BroadcastError
-from . import wire
+from ..metrics import counters
+from . import redis_history, wire
 from ._subscriptions import Subscriptions
-from .base import BaseBackend, Message, registry
+from .base import BaseBackend, GroupMessage, Message, registry
+from .policy import policy_for
+from .positions import History, Position
+from .redis_counts import RedisConnectionCounts
 
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
@@ -71,6 +78,7 @@ OPTIONS = {
     "RECONNECT_MIN_DELAY": 0.1,
     "RECONNECT_MAX_DELAY": 5.0,
     "MAX_CONNECTIONS": 64,
+    "CONNECTION_COUNT_TTL": 30.0,
     "CLIENT_KWARGS": {},
     "SENTINEL_KWARGS": {},
 }
@@ -157,7 +165,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
             f"WEBSOCKET_BROADCAST['OPTIONS']['PREFIX'] must be a string; got {values['PREFIX']!r}."
         )
     for name in ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT", "HEALTH_CHECK_INTERVAL",
-                 "RECONNECT_MIN_DELAY", "RECONNECT_MAX_DELAY"):
+                 "RECONNECT_MIN_DELAY", "RECONNECT_MAX_DELAY", "CONNECTION_COUNT_TTL"):
         value = values[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ImproperlyConfigured(
@@ -295,7 +303,16 @@ class RedisBackend(BaseBackend):
       at most. When they are all busy, :func:`~django_websocket.publish`
       waits for one as long as others keep getting answers within
       ``SOCKET_CONNECT_TIMEOUT`` plus ``SOCKET_TIMEOUT``. A few stay open
-      when idle; more are closed after 30 seconds.
+      when idle; more are closed after 30 seconds. As many again, at most,
+      count websockets for :data:`WEBSOCKET_MAX_CONNECTIONS_PER_USER` and
+      :data:`WEBSOCKET_MAX_CONNECTIONS_PER_ADDRESS`, when either is set
+      (with Redis Cluster, at most this many per node, each).
+    * ``CONNECTION_COUNT_TTL`` (``30.0``): with
+      :data:`WEBSOCKET_MAX_CONNECTIONS_PER_USER` or
+      :data:`WEBSOCKET_MAX_CONNECTIONS_PER_ADDRESS`, seconds after which the
+      websockets of a process that died without closing them stop counting
+      towards the site's limits; each process refreshes its own three times
+      as often.
     * ``CLIENT_KWARGS`` (``{}``): more arguments for redis-py's connections,
       such as ``{"ssl_ca_certs": "/path/to/ca.pem"}``.
     * ``SENTINEL_KWARGS`` (``{}``): arguments for connections to the
@@ -318,6 +335,8 @@ class RedisBackend(BaseBackend):
             options["RECONNECT_MIN_DELAY"], options["RECONNECT_MAX_DELAY"],
         )
         self.max_connections: int = options["MAX_CONNECTIONS"]
+        self.connection_count_ttl: float = options["CONNECTION_COUNT_TTL"]
+        self._counts: RedisConnectionCounts | None = None
         #: The location without its password, for logs.
         self.display = _without_password(location)
         self._publisher: _Publisher | RedisCluster | None = None
@@ -339,20 +358,93 @@ class RedisBackend(BaseBackend):
     def __repr__(self) -> str:
         return f"<RedisBackend {self.display}>"
 
+    # History (see redis_history).
+
+    supports_history = True
+
+    def publish_with_history(
+        self, group: str, message: Message, size: int, ttl: float
+    ) -> Position:
+        # Never delivered to this process's websockets at once, unlike
+        # publish(): the listener hands them every message of the group,
+        # with its position, in the order of the offsets.
+        channel = self.prefix + group
+        keys = redis_history.history_keys(channel)
+        args = redis_history.publish_args(channel, wire.encode(message), size, ttl)
+        answer = self._run(redis_history.PUBLISH, keys, args)
+        if self._publish_failing:
+            self._publish_failing = False
+            logger.warning("publishing to Redis at %s works again", self.display)
+        return redis_history.parse_publish(answer)
+
+    def history(
+        self, group: str, since: Position | None, limit: int | None, size: int, ttl: float
+    ) -> History:
+        keys = redis_history.history_keys(self.prefix + group)
+        answer = self._run(redis_history.READ, keys, redis_history.read_args(since, limit, ttl))
+        epoch, last, complete, entries = redis_history.parse_read(answer)
+        messages = []
+        for offset, data in entries:
+            message: Message = data[1:].decode() if data[0] == wire.TEXT else data[1:]
+            messages.append(GroupMessage(group, message, Position(epoch, offset)))
+        return History(messages, complete, Position(epoch, last))
+
+    def _run(self, script: redis_history.Script, keys: tuple[str, str], args: list[Any]) -> Any:
+        """Run a script of redis_history on a publishing connection; raise BroadcastError."""
+        publisher = self._get_publisher()
+        execute: Callable[..., Any]
+        if isinstance(publisher, _Publisher):
+            # A message is stored once: never sent again once Redis may have
+            # run the script. The publisher appends the server's run_id.
+            execute = functools.partial(
+                publisher.execute, once=script is redis_history.PUBLISH, run_id=True
+            )
+        else:
+            # redis-py's connections: the script asks for the run_id itself.
+            execute, args = publisher.execute_command, [*args, ""]
+        try:
+            return script.run(execute, keys, args)
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            raise self._publish_error(exc) from exc
+
     # Publishing.
 
     def publish(self, group: str, message: Message) -> None:
-        data = wire.encode(message)
+        self._send(group, wire.encode(message), message)
+
+    def close_members(self, group: str, code: int, reason: str, keep: str | None = None) -> None:
+        # A group with history gets its messages from the listener only (see
+        # publish_with_history()): so does the close request, after them.
+        local = policy_for(group) is None
+        self._send(group, wire.encode_close(code, reason, keep), (code, reason, keep), local)
+
+    def _send(
+        self,
+        group: str,
+        data: bytes,
+        message: Message | tuple[int, str, str | None],
+        local: bool = True,
+    ) -> None:
+        """
+        Publish ``data``, the wire form of ``message`` or of a close request (a tuple).
+
+        Set ``local`` to :obj:`False` to leave the websockets of this
+        process to the listener, in the order Redis gives them.
+
+        """
         # The websockets of this process get the message now, rather than
         # after a round trip through Redis, when this process is subscribed
         # to the group: the listener then skips the message when it comes
         # back from Redis.
         subscriber = self._subscriber
-        if subscriber is not None and subscriber.pid == os.getpid():
+        if local and subscriber is not None and subscriber.pid == os.getpid():
             subscriptions = subscriber.subscriptions
             echoes = subscriptions.expect_echo(group, data)
             if echoes is not None:
-                registry.deliver_message(group, message)
+                if isinstance(message, tuple):
+                    registry.close_members(group, *message)
+                else:
+                    registry.deliver_message(group, message)
         else:
             echoes = None
         sent = False
@@ -460,6 +552,39 @@ class RedisBackend(BaseBackend):
             **self.options["SENTINEL_KWARGS"],
         }
 
+    # Counting websockets per user and address, for django_websocket.limits.
+
+    def connection_counts(self) -> RedisConnectionCounts:
+        """Return this process's counts of the site's websockets (see ``redis_counts``)."""
+        counts = self._counts
+        if counts is None or counts.pid != os.getpid():
+            counts = self._counts = RedisConnectionCounts(
+                self, self._counting_client, self.connection_count_ttl
+            )
+        return counts
+
+    def _counting_client(self) -> tuple[Callable[..., Any], Callable[[], None]]:
+        """
+        Return the functions that run a command, and close, on connections that count websockets.
+
+        ``MAX_CONNECTIONS`` at most (per node of a cluster): handshakes wait
+        for one as :func:`publish` does. A cluster's client connects now.
+
+        """
+        kwargs = self._client_kwargs(subscriber=False)
+        wait = self.socket_connect_timeout + self.socket_timeout
+        if self.kind == "cluster":
+            kwargs.update(
+                connection_pool_class=redis.BlockingConnectionPool,
+                max_connections=self.max_connections,
+                timeout=wait,
+            )
+            cluster = cast("RedisCluster", self._make_client(kwargs, Retry(NoBackoff(), 0)))
+            return cluster.execute_command, cluster.close
+        client = cast(redis.Redis, self._make_client(kwargs, Retry(NoBackoff(), 0)))
+        connections = _Publisher(client.connection_pool, self.max_connections, wait)
+        return connections.execute, connections.close
+
     # Subscribing.
 
     def subscribe(self, group: str) -> None:
@@ -481,6 +606,9 @@ class RedisBackend(BaseBackend):
         publisher, self._publisher = self._publisher, None
         if publisher is not None and self._publisher_pid == os.getpid():
             publisher.close()
+        counts, self._counts = self._counts, None
+        if counts is not None and counts.pid == os.getpid():
+            counts.close()
 
     def _subscriber_connection(self) -> _Connection:
         """Return a new, unconnected redis-py connection that receives every published message."""
@@ -519,7 +647,7 @@ os.register_at_fork(after_in_child=_new_publisher_lock)
 
 class _Publisher:
     """
-    Connections that publish: PUBLISH and its answer, nothing else.
+    Connections that publish: PUBLISH, or a script of redis_history, and its answer.
 
     A redis-py client does the same with much more machinery around each
     command, which a view that publishes waits for. The connections are made
@@ -547,32 +675,75 @@ class _Publisher:
         self.freed = threading.Condition(self.lock)
         self.reaper: threading.Timer | None = None
         self.closed = False
+        # The run_id of the Redis server at the other end of each connection,
+        # learnt once: a connection never reaches another server process.
+        self.run_ids: weakref.WeakKeyDictionary[_Connection, str] = weakref.WeakKeyDictionary()
 
     def publish(self, channel: str, data: bytes) -> int:
         """PUBLISH ``data`` to ``channel``; return how many subscribers Redis counted."""
+        count: int = self.execute("PUBLISH", channel, data)
+        return count
+
+    def execute(self, *command: str | bytes, once: bool = False, run_id: bool = False) -> Any:
+        """
+        Send ``command``; return Redis's answer.
+
+        When an idle connection fails, as when Redis closed it on a restart,
+        the command is sent once more on a new one. Set ``once`` to
+        :obj:`True` for a command that must not run twice (a script that
+        stores a message): it is sent again only if the connection is found
+        closed before sending it, never once Redis may have run it. Set
+        ``run_id`` to :obj:`True` to append the ``run_id`` of the Redis
+        server to ``command``.
+
+        """
         for attempt in range(2):
             connection, reused = self._acquire(new=attempt > 0)
+            sent = False
             try:
                 if not reused:
                     connection.connect()  # a Sentinel's connection asks where the master is
+                elif once and connection.can_read(timeout=0):
+                    # An idle connection has nothing to read, unless Redis
+                    # closed it (which can_read() raises) or it is out of step.
+                    raise redis.ConnectionError("unexpected data on an idle connection")
+                packed = (*command, self._run_id(connection)) if run_id else command
+                sent = True
                 connection.send_packed_command(
-                    connection.pack_command("PUBLISH", channel, data), check_health=False
+                    connection.pack_command(*packed), check_health=False
                 )
-                count: int = connection.read_response()
+                answer = connection.read_response()
             except redis.ResponseError:
                 self._release(connection)  # Redis refused this command only
                 raise
             except redis.ConnectionError:
                 self._close(connection)
-                if reused:
+                if reused and not (once and sent):
                     continue  # Redis closed it, as when it restarts: once more, on a new one
                 raise
             except BaseException:
                 self._close(connection)  # an answer may still come: never reuse it
                 raise
             self._release(connection)
-            return count
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_id(self, connection: _Connection) -> str:
+        """Return the ``run_id`` of the Redis server that ``connection`` reaches."""
+        try:
+            return self.run_ids[connection]
+        except KeyError:
+            pass
+        connection.send_packed_command(
+            connection.pack_command("INFO", "server"), check_health=False
+        )
+        info = connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        match = re.search(r"^run_id:(\w+)", text, re.MULTILINE)
+        if match is None:
+            raise redis.ResponseError("INFO server gave no run_id")
+        run_id = self.run_ids[connection] = match.group(1)
+        return run_id
 
     # Taking and giving back an idle connection takes no lock, for speed:
     # list.pop() and list.append() are atomic. Counting open connections,
@@ -856,6 +1027,7 @@ class _Subscriber:
         # Redis answered on a new connection.
         self.failures = 0
         if self.outage_since is not None:
+            counters.redis_reconnects += 1
             logger.warning(
                 "reconnected to Redis at %s after %.1f s; subscribed again to every group",
                 self.backend.display, time.monotonic() - self.outage_since,
@@ -913,6 +1085,18 @@ class _Subscriber:
                 table = echoes.get(group)
                 if table and skip_echo(table, data):
                     continue  # delivered when this process published it
+                if opcode == wire.CLOSE:
+                    self._close_members(channel, group, data)
+                    continue
+                position = None
+                if opcode == wire.POSITIONED:
+                    # A message of a group with history (see redis_history).
+                    try:
+                        position, data = wire.decode_positioned(data)
+                    except ValueError as exc:
+                        self._ignore(channel, f"invalid positioned message: {exc}")
+                        continue
+                    opcode = data[0]
                 payload = data[1:]
                 message = None
                 if opcode == wire.TEXT:
@@ -922,7 +1106,7 @@ class _Subscriber:
                         self._ignore(channel, "invalid UTF-8 in a text message")
                         continue
                 try:
-                    members = deliver(group, opcode, payload, message)
+                    members = deliver(group, opcode, payload, message, position)
                 except Exception:
                     logger.exception("cannot deliver a message of the group %s", group)
                 else:
@@ -946,6 +1130,18 @@ class _Subscriber:
                     waiter.set()
             elif kind == b"unsubscribe" and subscriptions.unsubscribed(response[1][skip:].decode()):
                 self.wakeup.set()
+
+    def _close_members(self, channel: bytes, group: str, data: bytes) -> None:
+        # A request of close_group(), disconnect_user() or a session's end.
+        try:
+            code, reason, keep = wire.decode_close(data)
+        except ValueError as exc:
+            self._ignore(channel, f"invalid close request: {exc}")
+            return
+        try:
+            registry.close_members(group, code, reason, keep)
+        except Exception:
+            logger.exception("cannot close the websockets of the group %s", group)
 
     def _ignore(self, channel: bytes, why: str) -> None:
         if channel in self.ignored:

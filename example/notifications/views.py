@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 
 from django_websocket import BroadcastError, require_websocket
 
-from .events import notify, session_group
+from .events import notify
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def socket(request):
     if not request.user.is_authenticated:
         raise PermissionDenied  # 403: a redirect to the login page is no use here
     # Accepted, the websocket is in its user's group: what send_to_user()
-    # sends goes straight to the browser. It joins its session's group too,
-    # which hears about logouts.
-    request.websocket.subscribe(session_group(request.session.session_key))
+    # sends goes straight to the browser. When the session logs out, in any
+    # tab, django_websocket closes it with 1008.
     for _ in request.websocket:  # until the page closes it
         pass  # the page sends nothing

@@ -1,22 +1,28 @@
 "use strict";
 
 /*
- * liveSocket(path, {onmessage, stateElement}): a websocket to `path` on this
- * site that stays open.
+ * liveSocket(path, {onmessage, onend, stateElement}): a websocket to `path`
+ * on this site that stays open.
  *
  * When the connection drops (the server restarts, a deployment, the network)
  * it connects again after a delay that doubles at each failed attempt, from
  * MIN_DELAY up to MAX_DELAY, with jitter: after a restart, the pages that
  * were connected don't all come back at the same instant.
  *
+ * A close with 1008 (policy violation) is final: the session ended, or the
+ * client broke a rule, and connecting again would only repeat it. Then
+ * `onend` gets the close event (its reason says why), and no reconnection
+ * follows. Other closes (1012 for a server restart, 1013 for a client that
+ * fell behind, a dropped connection) are retried.
+ *
  * `onmessage` gets each message, decoded from JSON. `stateElement` shows the
  * state, as its text and its data-state attribute: "connecting",
- * "connected" or "reconnecting" (text: "reconnecting in 3 s").
+ * "connected", "reconnecting" (text: "reconnecting in 3 s") or "ended".
  *
  * Returns an object whose send(text) sends a text message and returns true,
  * or returns false when the connection is not open.
  */
-function liveSocket(path, {onmessage, stateElement}) {
+function liveSocket(path, {onmessage, onend, stateElement}) {
   const MIN_DELAY = 500;  // milliseconds
   const MAX_DELAY = 30000;
   let socket = null;
@@ -49,8 +55,15 @@ function liveSocket(path, {onmessage, stateElement}) {
     };
     // A refused handshake (a 403, a redirect to the login page) closes too:
     // browsers don't tell scripts the status, so it is retried alike.
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       socket = null;
+      if (event.code === 1008) {
+        show("ended", event.reason || "closed by the server");
+        if (onend) {
+          onend(event);
+        }
+        return;
+      }
       reconnectLater();
     };
   }

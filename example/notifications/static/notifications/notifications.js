@@ -24,10 +24,11 @@
     onmessage(message) {
       if (message.type === "notification" || message.type === "announcement") {
         show(message.type, message.text);
-      } else if (message.type === "logout") {
-        // Another tab logged this session out: show the page as it is now.
-        location.reload();
       }
+    },
+    onend() {
+      // The session ended (a logout in another tab): show the page as it is now.
+      location.reload();
     },
   });
 })();
