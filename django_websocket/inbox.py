@@ -51,9 +51,6 @@ class Inbox:
         self.room: Waiter[None] | None = None
         self._waiters: list[Waiter[None]] = []  # views blocked in a wait, and close() calls
 
-    def __len__(self) -> int:
-        return len(self.messages)
-
     @property
     def full(self) -> bool:
         """Whether :attr:`limit` messages or more wait."""

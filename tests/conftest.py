@@ -43,6 +43,14 @@ def server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A Redis server of the test module's own, on a free port."""
+    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def db_server(database, tmp_path):
     """Like ``server``, with a database for sessions and users, for one test."""

@@ -116,13 +116,6 @@ def assert_nothing_received(websocket) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory):
     return copy_example(tmp_path_factory.mktemp("example"))
 

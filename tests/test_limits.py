@@ -108,13 +108,6 @@ def test_per_user(database, tmp_path):
 # Per site, with Redis.
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def flushed(request):
     if "redis_server" in request.fixturenames:

@@ -69,13 +69,6 @@ def publishing_to(location: str, **options):
         yield
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def flushed(redis_server):
     """Start every test with an empty Redis."""

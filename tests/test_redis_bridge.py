@@ -32,13 +32,6 @@ pytestmark = pytest.mark.skipif(
 PREFIX = "bridge:"
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def control(redis_server):
     """A plain client of the Redis, for the test: it publishes, as another process would, and inspects."""

@@ -17,7 +17,7 @@ import redis
 from django.test import override_settings
 
 from django_websocket import History, Position, history, publish
-from django_websocket.broadcast import get_backend, wire
+from django_websocket.broadcast import wire
 from django_websocket.broadcast.redis_history import history_keys
 
 from . import servers
@@ -44,13 +44,6 @@ def config(port: int) -> dict:
         "LOCATION": f"redis://127.0.0.1:{port}/0",
         "OPTIONS": {"PREFIX": PREFIX},
     }
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

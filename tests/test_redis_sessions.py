@@ -35,13 +35,6 @@ pytestmark = pytest.mark.skipif(
 DEADLINE = TIMEOUT / 5
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = servers.start_redis(tmp_path_factory.mktemp("redis") / "redis.log")
-    yield server
-    server.stop()
-
-
 def env(redis_server, database=None) -> dict:
     extra = {"WEBSOCKET_TEST_DATABASE": str(database)} if database is not None else {}
     return servers.server_env(
