@@ -40,6 +40,8 @@ __all__ = [
     "history",
     "History",
     "Position",
+    "presence",
+    "Presence",
 ]
 
 # Names are imported on first use: gunicorn imports django_websocket.worker
@@ -65,6 +67,8 @@ _SUBMODULES = {
     "history": "broadcast",
     "History": "broadcast",
     "Position": "broadcast",
+    "presence": "broadcast",
+    "Presence": "broadcast",
 }
 
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
         publish,
         send_to_user,
     )
+    from .broadcast.presence import Presence, presence
     from .decorators import accept_websocket, require_websocket
     from .exceptions import (
         BroadcastError,

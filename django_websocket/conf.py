@@ -10,7 +10,8 @@ on first use, checked, and reloaded when a test changes them with
 from __future__ import annotations
 
 import math
-from typing import Any, TypedDict
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -33,6 +34,12 @@ class HistoryConfig(TypedDict):
 
     SIZE: int  # messages kept at most
     TTL: float  # seconds a message is kept at most
+
+
+class PresenceConfig(TypedDict):
+    """A pattern's entry in :data:`WEBSOCKET_PRESENCE`, once checked."""
+
+    EVENTS: bool  # publish join and leave events to the group
 
 
 #: The largest SIZE of WEBSOCKET_HISTORY: every table has a bound.
@@ -62,6 +69,7 @@ class _Defaults(TypedDict):
     CLIENT_ADDRESS_HEADER: str | None
     BROADCAST: BroadcastConfig
     HISTORY: dict[str, HistoryConfig]
+    PRESENCE: dict[str, PresenceConfig]
 
 
 #: Every setting with its default value, without the ``WEBSOCKET_`` prefix.
@@ -89,6 +97,7 @@ DEFAULTS: _Defaults = {
         "OPTIONS": {},
     },
     "HISTORY": {},
+    "PRESENCE": {},
 }
 
 
@@ -154,6 +163,8 @@ def _validate(name: str, value: object) -> object:
         value = _broadcast(value)
     elif name == "HISTORY":
         value = _history(value)
+    elif name == "PRESENCE":
+        value = _presence(value)
     return value
 
 
@@ -210,42 +221,79 @@ def _broadcast(value: object) -> BroadcastConfig:
     return {"BACKEND": backend, "LOCATION": location, "OPTIONS": dict(options)}
 
 
-def _history(value: object) -> dict[str, HistoryConfig]:
-    """Check WEBSOCKET_HISTORY: group name patterns, in order, with a SIZE and a TTL each."""
-    example = 'such as {"chat.*": {"SIZE": 100, "TTL": 300}}'
+_Config = TypeVar("_Config")
+
+
+def _patterns(
+    name: str, value: object, example: str, check: Callable[[str, object], _Config]
+) -> dict[str, _Config]:
+    """
+    Check a setting of group name patterns, such as WEBSOCKET_HISTORY.
+
+    ``check(where, config)`` checks the value of one pattern, ``where``
+    being how to name it in an error, and returns it as it is kept.
+
+    """
     if not isinstance(value, dict):
         raise ImproperlyConfigured(
-            f"WEBSOCKET_HISTORY must be a dict of group name patterns, {example}; "
-            f"got {value!r}."
+            f"{name} must be a dict of group name patterns, {example}; got {value!r}."
         )
-    checked: dict[str, HistoryConfig] = {}
+    checked: dict[str, _Config] = {}
     for pattern, config in value.items():
         if not isinstance(pattern, str) or not pattern:
             raise ImproperlyConfigured(
-                f"WEBSOCKET_HISTORY's keys must be group name patterns such as 'chat.*'; "
-                f"got {pattern!r}."
+                f"{name}'s keys must be group name patterns such as 'chat.*'; got {pattern!r}."
             )
-        where = f"WEBSOCKET_HISTORY[{pattern!r}]"
-        if not isinstance(config, dict) or set(config) != {"SIZE", "TTL"}:
-            raise ImproperlyConfigured(
-                f"{where} must be a dict with a SIZE (messages) and a TTL (seconds), "
-                f'such as {{"SIZE": 100, "TTL": 300}}; got {config!r}.'
-            )
-        size, ttl = config["SIZE"], config["TTL"]
-        if (isinstance(size, bool) or not isinstance(size, int)
-                or not 0 < size <= MAX_HISTORY_SIZE):
-            raise ImproperlyConfigured(
-                f"{where}['SIZE'] must be a number of messages from 1 to "
-                f"{MAX_HISTORY_SIZE:,}; got {size!r}."
-            )
-        if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                or not 0 < ttl <= MAX_HISTORY_TTL):
-            raise ImproperlyConfigured(
-                f"{where}['TTL'] must be a positive number of seconds, at most "
-                f"{MAX_HISTORY_TTL:,}; got {ttl!r}."
-            )
-        checked[pattern] = {"SIZE": size, "TTL": float(ttl)}
+        checked[pattern] = check(f"{name}[{pattern!r}]", config)
     return checked
+
+
+def _history(value: object) -> dict[str, HistoryConfig]:
+    """Check WEBSOCKET_HISTORY: group name patterns, in order, with a SIZE and a TTL each."""
+    return _patterns(
+        "WEBSOCKET_HISTORY", value, 'such as {"chat.*": {"SIZE": 100, "TTL": 300}}',
+        _history_config,
+    )
+
+
+def _history_config(where: str, config: object) -> HistoryConfig:
+    if not isinstance(config, dict) or set(config) != {"SIZE", "TTL"}:
+        raise ImproperlyConfigured(
+            f"{where} must be a dict with a SIZE (messages) and a TTL (seconds), "
+            f'such as {{"SIZE": 100, "TTL": 300}}; got {config!r}.'
+        )
+    size, ttl = config["SIZE"], config["TTL"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_HISTORY_SIZE:
+        raise ImproperlyConfigured(
+            f"{where}['SIZE'] must be a number of messages from 1 to "
+            f"{MAX_HISTORY_SIZE:,}; got {size!r}."
+        )
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+            or not 0 < ttl <= MAX_HISTORY_TTL):
+        raise ImproperlyConfigured(
+            f"{where}['TTL'] must be a positive number of seconds, at most "
+            f"{MAX_HISTORY_TTL:,}; got {ttl!r}."
+        )
+    return {"SIZE": size, "TTL": float(ttl)}
+
+
+def _presence(value: object) -> dict[str, PresenceConfig]:
+    """Check WEBSOCKET_PRESENCE: group name patterns, in order, with options each."""
+    return _patterns(
+        "WEBSOCKET_PRESENCE", value, 'such as {"chat.*": {"EVENTS": True}}', _presence_config
+    )
+
+
+def _presence_config(where: str, config: object) -> PresenceConfig:
+    if not isinstance(config, dict) or not set(config) <= {"EVENTS"}:
+        raise ImproperlyConfigured(
+            f"{where} must be a dict of options: {{}}, or {{\"EVENTS\": True}} to publish "
+            f"join and leave events to the group; got {config!r}."
+        )
+    events = config.get("EVENTS", False)
+    if not isinstance(events, bool):
+        raise ImproperlyConfigured(f"{where}['EVENTS'] must be True or False; got {events!r}.")
+    return {"EVENTS": events}
 
 
 class Settings:
@@ -271,6 +319,7 @@ class Settings:
     CLIENT_ADDRESS_HEADER: str | None
     BROADCAST: BroadcastConfig
     HISTORY: dict[str, HistoryConfig]
+    PRESENCE: dict[str, PresenceConfig]
 
     def __getattr__(self, name: str) -> object:
         # Only called for attributes not loaded yet.

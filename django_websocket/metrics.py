@@ -44,7 +44,7 @@ class Counters:
     __slots__ = (
         "handshakes", "closes", "messages_received", "bytes_received", "messages_sent",
         "bytes_sent", "slow_clients", "keepalive_timeouts", "rate_limited", "publishes",
-        "publish_failures", "redis_reconnects",
+        "publish_failures", "redis_reconnects", "recoveries", "recovery_losses",
     )
 
     def __init__(self) -> None:
@@ -69,6 +69,10 @@ class Counters:
         self.publish_failures = 0
         #: Connections to Redis re-established after a failure.
         self.redis_reconnects = 0
+        #: Subscriptions that resumed from a position with nothing lost.
+        self.recoveries = 0
+        #: Losses reported to a subscription: from its position, or live.
+        self.recovery_losses = 0
 
 
 #: This process's counters.
@@ -116,6 +120,8 @@ def snapshot() -> dict[str, Any]:
         "publishes": counters.publishes,
         "publish_failures": counters.publish_failures,
         "redis_reconnects": counters.redis_reconnects,
+        "recoveries": counters.recoveries,
+        "recovery_losses": counters.recovery_losses,
         "open": len(open_websockets),
         "groups": groups,
         "members": members,
@@ -139,6 +145,8 @@ _COUNTERS = [
     ("publishes", "Messages published to a group.", ""),
     ("publish_failures", "publish() calls that raised BroadcastError.", ""),
     ("redis_reconnects", "Connections to Redis re-established after a failure.", ""),
+    ("recoveries", "Subscriptions resumed from a position with nothing lost.", ""),
+    ("recovery_losses", "Losses of group messages reported to subscriptions.", ""),
 ]
 _GAUGES = [
     ("open", "Open websockets."),

@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.http.response import HttpResponseBase
 
-from . import handshake, limits, sessions
+from . import envelopes, handshake, limits, sessions
 from .broadcast.base import BROADCAST_GROUP, user_group
 from .conf import settings
 from .states import CONNECTING
@@ -87,6 +87,9 @@ def _default_groups(request: HttpRequest) -> list[str]:
     groups = [BROADCAST_GROUP]
     user = getattr(request, "user", None)  # loaded by check(), or set by the view
     if user is not None and user.is_authenticated:
+        websocket = cast(_Request, request).websocket
+        if websocket is not None:
+            websocket.user_id = str(user.pk)
         groups.append(user_group(user))
         groups += sessions.request_groups(request, user)
     return groups
@@ -141,6 +144,15 @@ def check(request: HttpRequest, options: Options) -> HttpResponse | None:
             f"WebSocket connections from the origin {origin} are not allowed.",
             content_type="text/plain",
         )
+    if request.GET.get(envelopes.CLIENT_PARAMETER) == envelopes.VERSION:
+        # The JavaScript client: group messages in envelopes, and recovery.
+        try:
+            positions = envelopes.parse_positions(
+                request.GET.get(envelopes.POSITIONS_PARAMETER, "")
+            )
+        except ValueError as exc:
+            return HttpResponseBadRequest(str(exc), content_type="text/plain")
+        websocket.use_envelopes(positions)
     websocket.protocol = handshake.select_protocol(websocket.protocols, options.protocols)
     # The user decides the websocket's groups: load it now, with the
     # session, then close the database connection that took, before the

@@ -32,7 +32,8 @@ import struct
 import termios
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Union
 
 import gevent
 from gevent.hub import get_hub
@@ -52,7 +53,8 @@ from .writer import WOULD_BLOCK, Writer
 if TYPE_CHECKING:
     from gevent._types import _IoWatcher, _TimerWatcher
 
-    from .broadcast.base import GroupMessage
+    from .broadcast.base import GroupMessage, Membership
+    from .broadcast.positions import Position
 
 __all__ = ["WebSocket", "Message", "close_all"]
 
@@ -72,6 +74,19 @@ _INT = bytes(_INT_STRUCT.size)
 # may hold 9,000 tiny frames, about 17 ms of parsing; in turns of 256,
 # other connections wait half a millisecond for each such client.
 FRAMES_PER_TURN = 256
+
+
+def _stop(membership: Membership | None) -> None:
+    # A tracker of a group left stops delivering what it held back.
+    if membership is not None and not isinstance(membership, (bool, int)):
+        membership.stop()
+
+
+# The default of WebSocket.subscribe()'s since: the client's position.
+CLIENT = object()
+
+# Until the client reports positions (see WebSocket.client_positions).
+_NO_POSITIONS: Mapping[str, Position] = MappingProxyType({})
 
 
 #: How often :func:`close_all` closes the next batch of websockets, in seconds.
@@ -145,7 +160,8 @@ class WebSocket:
         "__weakref__", "_sock", "_handshake", "_buffered", "_connection", "_writer", "_inbox",
         "_outbox", "max_message_size", "close_timeout", "compression", "ping_interval",
         "ping_timeout", "max_send_queue", "adopted", "protocol", "_reader", "_paused",
-        "_groups", "_default_groups", "_joined", "_rate_limit",
+        "_groups", "_default_groups", "_joined", "_rate_limit", "user_id", "presence_info",
+        "client_positions", "_envelope",
     )
 
     def __init__(
@@ -198,10 +214,24 @@ class WebSocket:
         self.protocol: str | None = None
         self._reader: _IoWatcher | None = None  # the io watcher, while the socket is read
         self._paused = False  # reading waits: the inbox is full, or it is another's turn
-        self._groups: dict[str, bool] | None = None  # group -> forward to the client
+        self._groups: dict[str, Membership] | None = None  # group -> how it gets messages
         # Called when the handshake is accepted; returns more groups to join.
         self._default_groups: Callable[[], Iterable[str]] | None = None
         self._joined = False  # the subscriptions took effect
+        #: The primary key of the user who opened it, as a :class:`str`, or
+        #: :obj:`None` for an anonymous user; set as the handshake is accepted.
+        self.user_id: str | None = None
+        #: What :func:`~django_websocket.presence` tells of this connection in
+        #: the groups that track presence: :obj:`None`, or a value that
+        #: :func:`json.dumps` takes, set by the view before it subscribes.
+        self.presence_info: Any = None
+        #: The position of each group that the client reported it had
+        #: reached, as the JavaScript client does when it reconnects (see
+        #: :ref:`recovery`); :meth:`subscribe` resumes from it.
+        self.client_positions: Mapping[str, Position] = _NO_POSITIONS
+        # Whether the client asked for group messages in envelopes, with
+        # their group and position (see recovery).
+        self._envelope = False
         # Messages the client may send (WEBSOCKET_RATE_LIMIT); without a
         # limit, an idle connection allocates nothing for it.
         self._rate_limit: TokenBucket | None = None
@@ -329,6 +359,7 @@ class WebSocket:
             start_keepalive()
         self._start_reading()
         self._join_groups()
+        self._catch_up()
         if self._connection.close_owed is not None:
             # A group of the websocket was closed while the 101 was written.
             self._close_owed_now()
@@ -424,9 +455,14 @@ class WebSocket:
 
     # Sending.
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: Message | bytearray | memoryview | GroupMessage) -> None:
         """
         Send a message: :class:`str` as text, bytes-like objects as binary.
+
+        A :class:`~django_websocket.GroupMessage` that the view got sends its
+        message; to a client that reads envelopes, in its envelope, with its
+        group and position, as if the group had forwarded it (see
+        :ref:`envelopes`).
 
         Safe to call from any greenlet: frames are written one at a time.
 
@@ -435,6 +471,8 @@ class WebSocket:
             TypeError: ``message`` is neither text nor bytes-like.
 
         """
+        if self._envelope or (type(message) is not str and type(message) is not bytes):
+            message = self._outgoing(message)
         connection = self._connection
         if connection.state is CONNECTING:
             engine.check_message(message)  # refuse a wrong type before the 101
@@ -451,6 +489,18 @@ class WebSocket:
         # the compressor saw them (the lock is not FIFO).
         engine.check_message(message)
         self._write(message, compress=True)
+
+    def _outgoing(self, message: object) -> Message | bytearray | memoryview:
+        # What goes to a client that reads envelopes; a group message's content.
+        if self._envelope:
+            from .envelopes import outgoing
+
+            return outgoing(message)  # type: ignore[return-value]
+        from .broadcast.base import GroupMessage
+
+        if isinstance(message, GroupMessage):
+            return message.message
+        return message  # type: ignore[return-value]  # checked by the engine
 
     def _write(self, data: Message | bytearray | memoryview, compress: bool = False) -> None:
         """Write the frame ``data``; or with ``compress``, the frame of the message ``data``."""
@@ -658,7 +708,10 @@ class WebSocket:
         connection = self._connection
         if self.adopted and connection.state is CONNECTING:
             self._open(None, None)  # the client has its 101: the close frame tells the status
-        if connection.state is CONNECTING or connection.state is CLOSED:
+        if connection.state is CONNECTING:
+            self._leave_groups()  # refused: some resumed before (see subscribe)
+            return
+        if connection.state is CLOSED:
             return
         try:
             if status_code < 300:
@@ -919,7 +972,9 @@ class WebSocket:
         """The groups this websocket is in; empty once it is closed."""
         return frozenset(self._groups or ())
 
-    def subscribe(self, group: str, *, forward: bool = True) -> None:
+    def subscribe(
+        self, group: str, *, forward: bool = True, since: Position | str | None | object = CLIENT
+    ) -> bool:
         """
         Join ``group``: get what :func:`~django_websocket.publish` sends to it.
 
@@ -935,31 +990,90 @@ class WebSocket:
         message published after it is connected. The websocket leaves every
         group when it closes.
 
+        When the group keeps history (see :data:`WEBSOCKET_HISTORY`), set
+        ``since`` to the :class:`~django_websocket.Position` of the last
+        message the client had, or its string form, to resume from there:
+        the websocket gets every message published after it that the
+        history holds, then the live ones, each once and in order, even
+        as other processes publish meanwhile (see :ref:`recovery`). By
+        default, ``since`` is the position the client reported for the
+        group (:attr:`client_positions`), if any; :obj:`None` starts from
+        now. Resuming waits for one read of the history; before the
+        handshake is accepted, what it read reaches the client once it is.
+
+        Returns:
+            :obj:`False` if messages published after ``since`` are lost,
+            as the history no longer holds them: send the client a full
+            state. :obj:`True` otherwise.
+
         Raises:
-            TypeError: ``group`` is not a :class:`str`.
+            TypeError: ``group`` is not a :class:`str`, or ``since`` is not
+                a position.
             ValueError: ``group`` is not a valid group name: 1 to 100 ASCII
                 letters, digits, ``-``, ``_``, ``.`` or ``:``, not starting
-                with ``django_websocket.``.
+                with ``django_websocket.``; or ``since`` is not a valid position.
+            ImproperlyConfigured: ``since`` is set, and the group keeps no history.
 
         """
+        from .broadcast import membership
         from .broadcast.base import check_group
+        from .broadcast.positions import Position
 
         group = check_group(group)
+        explicit = since is not CLIENT
+        if explicit:
+            since = None if since is None else Position.check(since)
+        else:
+            since = self.client_positions.get(group)
+            previous = (self._groups or {}).get(group)
+            if getattr(previous, "epoch", None) is not None:
+                # Subscribed again: on from what the websocket had.
+                since = Position(previous.epoch, previous.offset)  # type: ignore[union-attr]
+        how = membership(group, forward, self._envelope, since, explicit)
         if self._connection.state is CLOSED:
-            return
+            return True
         if self._groups is None:
             self._groups = {}
-        self._groups[group] = forward
-        if self._joined:
-            from .broadcast import join
+        _stop(self._groups.get(group))
+        self._groups[group] = how
+        from .broadcast import join
 
-            join(self, group, forward)
+        try:
+            if isinstance(how, (bool, int)):
+                if self._joined:
+                    join(self, group, how)
+                return True
+            # A Tracker holds the group's messages back until it has read
+            # the history, and until the connection is open.
+            if self._joined:
+                join(self, group, how)
+                return how.start(self)
+            # In the group now, so that the history read and the live
+            # messages meet; in its presence, and delivering, once accepted.
+            join(self, group, how, presence=False)
+            return how.start(self, open=False)
+        except BaseException:
+            self.unsubscribe(group)
+            raise
+
+    def use_envelopes(self, positions: Mapping[str, Position]) -> None:
+        """
+        Send group messages to the client in envelopes, and resume groups from ``positions``.
+
+        The middleware calls it when the client asks, as the JavaScript
+        client does (see :mod:`django_websocket.envelopes`); call it before
+        the handshake is accepted.
+
+        """
+        self._envelope = True
+        self.client_positions = MappingProxyType(dict(positions))
 
     def unsubscribe(self, group: str) -> None:
         """Leave ``group``; do nothing if this websocket is not in it."""
         groups = self._groups
-        if groups is None or groups.pop(group, None) is None:
+        if groups is None or group not in groups:
             return
+        _stop(groups.pop(group))
         if self._joined and self._connection.state is not CLOSED:
             from .broadcast import leave
 
@@ -984,15 +1098,38 @@ class WebSocket:
         self._joined = True
         default, self._default_groups = self._default_groups, None
         if default is not None:
+            if self._groups is None:
+                self._groups = {}
             for group in default():
-                if self._groups is None:
-                    self._groups = {}
-                self._groups.setdefault(group, True)
+                if group not in self._groups:
+                    self._groups[group] = self._default_membership(group)
         if self._groups:
             from .broadcast import join
 
             for group, forward in list(self._groups.items()):
                 join(self, group, forward)
+
+    def _catch_up(self) -> None:
+        # Open now: groups that resume from a position, or whose position
+        # the client follows, deliver what they held back (see recovery).
+        for how in list((self._groups or {}).values()):
+            if isinstance(how, (bool, int)):
+                continue
+            if self._connection.state is CLOSED:
+                return
+            if how.started:
+                how.release(self)
+            else:
+                how.start(self)
+
+    def _default_membership(self, group: str) -> Membership:
+        # The broadcast and user groups forward their messages; the
+        # JavaScript client follows their positions if they keep history.
+        if not self._envelope:
+            return True
+        from .broadcast import membership
+
+        return membership(group, True, True, self.client_positions.get(group), False)
 
     def _leave_groups(self) -> None:
         # The connection is closed: leave every group.
@@ -1000,7 +1137,8 @@ class WebSocket:
         if groups:
             from .broadcast import leave
 
-            for group in groups:
+            for group, how in groups.items():
+                _stop(how)
                 leave(self, group)
         if self._outbox is not None:
             self._outbox.stop()

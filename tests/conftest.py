@@ -7,12 +7,16 @@ shown on failure.
 
 """
 
+import gc
 import os
 
 import gevent
 import hypothesis
 import pytest
 from django.db import connection
+from django.test import override_settings
+
+from django_websocket.broadcast.base import registry
 
 from . import servers
 from .utils import TIMEOUT, Pairs
@@ -52,6 +56,17 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
+def control(redis_server):
+    """A plain client of the module's Redis, emptied first: the test inspects with it."""
+    import redis
+
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def db_server(database, tmp_path):
     """Like ``server``, with a database for sessions and users, for one test."""
     env = servers.server_env(WEBSOCKET_TEST_DATABASE=str(database))
@@ -72,6 +87,24 @@ def pairs():
         pairs.close()
     finally:
         guard.close()
+
+
+@pytest.fixture
+def every_group_is_left():
+    """Websockets leave their groups when they close: nothing is left behind."""
+    yield
+    gc.collect()
+    assert registry.groups() == []
+
+
+@pytest.fixture
+def chat():
+    """History for the groups chat.* (the last 5 messages), on a fresh in-memory backend."""
+    with override_settings(
+        WEBSOCKET_HISTORY={"chat.*": {"SIZE": 5, "TTL": 300}},
+        WEBSOCKET_BROADCAST={"BACKEND": "django_websocket.broadcast.locmem.LocMemBackend"},
+    ):
+        yield
 
 
 @pytest.fixture

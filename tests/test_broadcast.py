@@ -64,16 +64,10 @@ from .utils import (
     wait_for,
 )
 
+pytestmark = pytest.mark.usefixtures("every_group_is_left")
+
 LOCMEM = "django_websocket.broadcast.locmem.LocMemBackend"
 REDIS = "django_websocket.broadcast.redis.RedisBackend"
-
-
-@pytest.fixture(autouse=True)
-def every_group_is_left():
-    """Websockets leave their groups when they close: nothing is left behind."""
-    yield
-    gc.collect()
-    assert registry.groups() == []
 
 
 def opened(pairs, **options):

@@ -106,6 +106,37 @@ def receive(websocket, timeout: float = TIMEOUT) -> dict:
     return json.loads(websocket.recv(timeout=timeout))
 
 
+def arrive(websocket, visitor: Visitor, *, first: bool = True) -> list[str]:
+    """
+    Read what a room's websocket gets as it opens; return who is in the room.
+
+    That is the list of members, and, for the user's first websocket in the
+    room, the presence event of their arrival, in either order: the view
+    sends the first, django_websocket publishes the second.
+
+    """
+    received = sorted((receive(websocket) for _ in range(2 if first else 1)),
+                      key=lambda message: message["type"])
+    assert received[0]["type"] == "members", received
+    if first:
+        assert is_presence(received[1], "join", visitor), received
+    return received[0]["members"]
+
+
+def is_presence(message: dict, event: str, visitor: Visitor) -> bool:
+    """Whether ``message`` is the presence event ``event`` of ``visitor``'s user."""
+    return (message["type"], message["event"], message["info"]) == (
+        "presence", event, visitor.username
+    )
+
+
+def receive_until(websocket, check) -> str:
+    """Receive messages until one passes ``check``; return it."""
+    while not check(message := websocket.recv(timeout=TIMEOUT)):
+        pass
+    return message
+
+
 def assert_nothing_received(websocket) -> None:
     """Check that no message comes for a moment, after the ones a test expected did."""
     with pytest.raises(TimeoutError):
@@ -154,7 +185,9 @@ def test_home_page_is_the_echo_page(site):
     response = servers.http_get(site, "/")
     assert response.status == 200
     assert b'id="message"' in response.body
-    assert b"/static/live.js" in response.body
+    assert b"/static/django_websocket/websocket.js" in response.body
+    # {% websocket_url %}: the absolute URL of the echo.
+    assert site.ws_url("/ws/echo/").encode() in response.body
 
 
 def test_echo(site):
@@ -177,7 +210,7 @@ def test_smoke_test_client(site):
 
 
 def test_static_files_are_served_by_gunicorn(site):
-    scripts = ["live.js", "chat/room.js", "notifications/notifications.js"]
+    scripts = ["django_websocket/websocket.js", "chat/room.js", "notifications/notifications.js"]
     for path in [f"/static/{script}" for script in scripts]:
         response = servers.http_get(site, path)
         assert response.status == 200, path
@@ -252,35 +285,75 @@ def test_unknown_room_is_not_found(alice):
 def test_members_get_messages_and_join_and_leave_notices(alice, bob):
     room = create_room(alice)
     with alice.connect(f"/ws/chat/{room}/") as alice_ws:
-        assert receive(alice_ws) == {"type": "join", "user": alice.username}
+        assert arrive(alice_ws, alice) == [alice.username]
         with bob.connect(f"/ws/chat/{room}/") as bob_ws:
-            joined = {"type": "join", "user": bob.username}
-            assert receive(bob_ws) == joined
-            assert receive(alice_ws) == joined
+            assert arrive(bob_ws, bob) == sorted([alice.username, bob.username])
+            assert is_presence(receive(alice_ws), "join", bob)
 
             alice_ws.send("Hello <b>Bob</b>")
             message = {"type": "message", "user": alice.username, "text": "Hello <b>Bob</b>"}
             assert receive(alice_ws) == message  # her own, as confirmation
             assert receive(bob_ws) == message
 
-        assert receive(alice_ws) == {"type": "leave", "user": bob.username}
+        assert is_presence(receive(alice_ws), "leave", bob)
+
+
+def test_room_page_shows_last_messages_and_members(alice, bob):
+    room = create_room(alice)
+    with alice.connect(f"/ws/chat/{room}/") as alice_ws:
+        arrive(alice_ws, alice)
+        alice_ws.send("Hello <b>there</b>")
+        receive(alice_ws)
+        page = bob.get(f"/chat/{room}/").body
+    # From history() and presence(), escaped.
+    assert b'<span class="text">Hello &lt;b&gt;there&lt;/b&gt;</span>' in page
+    assert f'<ul id="members" aria-live="polite"><li>{alice.username}</li></ul>'.encode() in page
+    # The client resumes from the last message rendered.
+    chat = json.loads(page.split(b'<script id="chat" type="application/json">')[1]
+                      .split(b"</script>")[0])
+    [(group, position)] = chat["positions"].items()
+    assert group == f"room.{room}"
+    assert position.endswith(":1")
+
+
+@pytest.mark.parametrize("socket", ["chat", "moderated"])
+def test_page_that_reconnects_gets_what_it_missed(project, redis_server, alice, socket):
+    # As the JavaScript client does: envelopes with positions, and resuming.
+    # The moderated room's view sends on the messages it gets, positions and all.
+    room = create_room(alice)
+    group = f"room.{room}"
+    with alice.connect(f"/ws/{socket}/{room}/?dws=1") as websocket:
+        notice = receive_until(websocket, lambda message: message.startswith("\x1d"))
+        position = json.loads(notice[1:])["position"]
+    result = manage(project, redis_server, "announce", "--room", room, "While you were away")
+    assert result.returncode == 0, result.stderr
+    with alice.connect(f"/ws/{socket}/{room}/?dws=1&dws_positions={group}@{position}") as websocket:
+        envelope = receive_until(websocket, lambda message: message.startswith(f"\x1e{group} "))
+    header, announcement = envelope.split("\n", 1)
+    assert json.loads(announcement) == {
+        "type": "announcement", "room": room, "text": "While you were away",
+    }
+    epoch, offset = position.split(":")
+    assert header == f"\x1e{group} {epoch}:{int(offset) + 1}"
 
 
 def test_a_user_s_other_tabs_get_the_room_s_messages(alice):
     room = create_room(alice)
-    with alice.connect(f"/ws/chat/{room}/") as tab1, alice.connect(f"/ws/chat/{room}/") as tab2:
-        receive(tab1)  # her own arrival
-        assert receive(tab1) == receive(tab2) == {"type": "join", "user": alice.username}
-        tab1.send("from the first tab")
-        expected = {"type": "message", "user": alice.username, "text": "from the first tab"}
-        assert receive(tab1) == receive(tab2) == expected
+    with alice.connect(f"/ws/chat/{room}/") as tab1:
+        arrive(tab1, alice)
+        with alice.connect(f"/ws/chat/{room}/") as tab2:
+            # Her second websocket in the room: no presence event.
+            assert arrive(tab2, alice, first=False) == [alice.username]
+            tab1.send("from the first tab")
+            expected = {"type": "message", "user": alice.username, "text": "from the first tab"}
+            assert receive(tab1) == receive(tab2) == expected
 
 
 def test_messages_stay_in_their_room(alice, bob):
     room, other_room = create_room(alice), create_room(bob)
     with alice.connect(f"/ws/chat/{room}/") as alice_ws, \
             bob.connect(f"/ws/chat/{other_room}/") as bob_ws:
-        receive(alice_ws), receive(bob_ws)  # their arrivals
+        arrive(alice_ws, alice), arrive(bob_ws, bob)
         alice_ws.send("anyone?")
         assert receive(alice_ws)["text"] == "anyone?"
         assert_nothing_received(bob_ws)
@@ -289,7 +362,7 @@ def test_messages_stay_in_their_room(alice, bob):
 def test_blank_and_binary_messages_are_not_sent(alice):
     room = create_room(alice)
     with alice.connect(f"/ws/chat/{room}/") as websocket:
-        receive(websocket)
+        arrive(websocket, alice)
         websocket.send("   ")
         websocket.send(b"binary")
         websocket.send("x" * 2000)
@@ -299,23 +372,25 @@ def test_blank_and_binary_messages_are_not_sent(alice):
 def test_moderated_room_hides_messages_with_banned_words(alice, bob):
     room = create_room(alice)
     with alice.connect(f"/ws/moderated/{room}/") as moderated:
+        arrive(moderated, alice)
         with bob.connect(f"/ws/chat/{room}/") as bob_ws:
-            assert receive(moderated) == {"type": "join", "user": bob.username}
+            arrive(bob_ws, bob)
+            assert is_presence(receive(moderated), "join", bob)
             bob_ws.send("Cheap SPAM here")
             bob_ws.send("hello")
             assert receive(moderated) == {"type": "message", "user": bob.username, "text": "hello"}
             # What the moderated reader says reaches the room.
             moderated.send("hi Bob")
             assert receive(moderated)["text"] == "hi Bob"
-            assert [receive(bob_ws).get("text") for _ in range(4)] == [
-                None, "Cheap SPAM here", "hello", "hi Bob",
+            assert [receive(bob_ws).get("text") for _ in range(3)] == [
+                "Cheap SPAM here", "hello", "hi Bob",
             ]
 
 
 def test_announce_command_reaches_a_room(project, redis_server, alice):
     room = create_room(alice)
     with alice.connect(f"/ws/chat/{room}/") as websocket:
-        receive(websocket)
+        arrive(websocket, alice)
         result = manage(project, redis_server, "announce", "--room", room, "Closing soon")
         assert result.returncode == 0, result.stderr
         assert receive(websocket) == {"type": "announcement", "room": room, "text": "Closing soon"}
@@ -329,7 +404,7 @@ def test_notify_command_reaches_every_page_of_that_user_only(project, redis_serv
     with alice.connect("/ws/notifications/") as alice_page, \
             alice.connect(f"/ws/chat/{room}/") as alice_room, \
             bob.connect("/ws/notifications/") as bob_page:
-        receive(alice_room)  # her arrival
+        arrive(alice_room, alice)
         result = manage(project, redis_server, "notify", alice.username, "Your export is ready")
         assert result.returncode == 0, result.stderr
         notification = {"type": "notification", "text": "Your export is ready"}
@@ -400,7 +475,7 @@ def test_runserver_serves_the_example_without_redis(project, tmp_path):
     # The README's command: manage.py runserver, with the in-memory backend.
     server = servers.start_runserver(tmp_path / "runserver.log", env=example_env(), cwd=project)
     try:
-        assert servers.http_get(server, "/static/live.js").status == 200
+        assert servers.http_get(server, "/static/django_websocket/websocket.js").status == 200
         with servers.connect(server, "/ws/echo/") as websocket:
             websocket.send("hello")
             assert websocket.recv(timeout=TIMEOUT) == "hello"

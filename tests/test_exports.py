@@ -10,7 +10,7 @@ import django_websocket
 from django_websocket import exceptions
 
 # Modules Django or gunicorn load by convention rather than by name.
-CONVENTIONAL = {"django_websocket.apps"}
+CONVENTIONAL = {"django_websocket.apps", "django_websocket.templatetags"}
 
 
 def submodules():
@@ -54,6 +54,8 @@ def test_top_level_exports():
             "history",
             "History",
             "Position",
+            "presence",
+            "Presence",
         ]
     )
     assert len(set(django_websocket.__all__)) == len(django_websocket.__all__)

@@ -5,7 +5,6 @@ The Redis backend's history has its own module, ``test_redis_history.py``.
 
 """
 
-import gc
 import threading
 
 import pytest
@@ -17,7 +16,7 @@ from redis.crc import key_slot
 from django_websocket import GroupMessage, History, Position, history, publish, send_to_user
 from django_websocket import broadcast as broadcast_all
 from django_websocket.broadcast import get_backend
-from django_websocket.broadcast.base import BaseBackend, registry
+from django_websocket.broadcast.base import BaseBackend
 from django_websocket.broadcast.policy import HistoryPolicy, policy_for
 from django_websocket.broadcast.positions import META_TTL, MemoryHistory
 from django_websocket.broadcast.redis_history import history_keys
@@ -26,23 +25,9 @@ from django_websocket.conf import settings
 
 from .utils import TIMEOUT
 
+pytestmark = pytest.mark.usefixtures("every_group_is_left")
+
 CHAT = {"chat.*": {"SIZE": 5, "TTL": 300}}
-
-
-@pytest.fixture(autouse=True)
-def every_group_is_left():
-    yield
-    gc.collect()
-    assert registry.groups() == []
-
-
-@pytest.fixture
-def chat():
-    """History for the groups chat.*, on a fresh in-memory backend."""
-    with override_settings(WEBSOCKET_HISTORY=CHAT, WEBSOCKET_BROADCAST={
-        "BACKEND": "django_websocket.broadcast.locmem.LocMemBackend",
-    }):
-        yield
 
 
 def opened(pairs):

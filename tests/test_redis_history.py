@@ -47,14 +47,6 @@ def config(port: int) -> dict:
 
 
 @pytest.fixture
-def control(redis_server):
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def through(redis_server, control):
     """This process publishes through the Redis, with history for chat.*, big.* and short.*."""
     with override_settings(WEBSOCKET_BROADCAST=config(redis_server.port), WEBSOCKET_HISTORY=HISTORY):

@@ -32,4 +32,5 @@ urlpatterns = [
     path("accept-later/", views.accept_later),
     path("metrics/", metrics_view),
     path("pid/", views.pid),
+    path("resume/", views.resume),
 ]

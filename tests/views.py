@@ -257,3 +257,12 @@ def pid(request):
     """Tell which worker process serves the websocket; wait for the client to close."""
     request.websocket.send(str(os.getpid()))
     request.websocket.wait()
+
+
+@require_websocket
+def resume(request):
+    """Subscribe to ``?group=``, resuming from the client's position; tell whether it lost any."""
+    complete = request.websocket.subscribe(request.GET["group"])
+    request.websocket.send("complete" if complete else "lost")
+    for message in request.websocket:
+        request.websocket.send(message)

@@ -30,10 +30,12 @@ from ..exceptions import BroadcastError
 from ..metrics import counters
 from .base import (
     BROADCAST_GROUP,
+    ENVELOPE,
     RESERVED_PREFIX,
     BaseBackend,
     GroupMessage,
     Member,
+    Membership,
     Message,
     check_close,
     check_group,
@@ -43,6 +45,10 @@ from .base import (
 )
 from .policy import policy_for
 from .positions import History, Position
+from .presence import Presence, presence
+from .presence import joined as _presence_joined
+from .presence import left as _presence_left
+from .recovery import Tracker
 
 __all__ = [
     "publish",
@@ -56,6 +62,8 @@ __all__ = [
     "history",
     "History",
     "Position",
+    "presence",
+    "Presence",
 ]
 
 #: The close code of close_group() and disconnect_user(), and of the end of
@@ -242,12 +250,16 @@ def history(
         raise ValueError(f"limit must be a positive integer or None; got {limit!r}")
     policy = policy_for(group)
     if policy is None:
-        raise ImproperlyConfigured(
-            f"the group {group!r} keeps no history: add a pattern that matches it to "
-            'WEBSOCKET_HISTORY, such as {"chat.*": {"SIZE": 100, "TTL": 300}}.'
-        )
+        raise _no_history(group)
     backend = _history_backend()
     return backend.history(group, since, limit, policy.size, policy.ttl)
+
+
+def _no_history(group: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"the group {group!r} keeps no history: add a pattern that matches it to "
+        'WEBSOCKET_HISTORY, such as {"chat.*": {"SIZE": 100, "TTL": 300}}.'
+    )
 
 
 def _is_user_group(group: object) -> bool:
@@ -370,21 +382,62 @@ setting_changed.connect(_reset)
 # Called by WebSocket, which knows no Django.
 
 
-def join(member: Member, group: str, forward: bool = True) -> None:
+def membership(
+    group: str, forward: bool, envelope: bool, since: Position | None, strict: bool = True
+) -> Membership:
+    """
+    Return how a websocket is in ``group``, for :func:`join`.
+
+    ``forward`` tells whether the messages go to the client, ``envelope``
+    whether the client reads envelopes (see ``envelopes``), ``since`` the
+    position to resume from. A group that keeps history gets a
+    :class:`~.recovery.Tracker` when the websocket resumes or its client
+    reads envelopes: call its ``start()`` once the websocket is open.
+
+    Raises:
+        ImproperlyConfigured: ``strict`` and ``since`` are set, and
+            ``group`` keeps no history.
+
+    """
+    policy = policy_for(group)
+    if policy is None:
+        if strict and since is not None:
+            raise _no_history(group)
+        return ENVELOPE if forward and envelope else forward
+    if since is None and not envelope:
+        return forward
+    backend = _history_backend()
+    size, ttl = policy
+
+    def read(since: Position | None) -> History:
+        # Without since, only the position matters: one message at most.
+        return backend.history(group, since, None if since else 1, size, ttl)
+
+    return Tracker(group, forward, envelope, read, since)
+
+
+def join(
+    member: Member, group: str, membership: Membership = True, presence: bool = True
+) -> None:
     """
     Add ``member`` to ``group`` in this process, and subscribe the process through the backend.
 
     What :meth:`WebSocket.subscribe() <django_websocket.WebSocket.subscribe>`
-    does once the handshake is accepted. Set ``forward`` to :obj:`False` to
-    have the group's messages handed to the view.
+    does once the handshake is accepted. ``membership`` says how the member
+    gets the group's messages (see :func:`membership`): :obj:`True` for the
+    client, :obj:`False` for the view. Set ``presence`` to :obj:`False` to
+    leave the member out of the group's presence until it joins again.
 
     """
     backend = get_backend()
-    registry.add(member, group, forward)
+    registry.add(member, group, membership)
     backend.subscribe(group)
+    if presence:
+        _presence_joined(member, group)
 
 
 def leave(member: Member, group: str) -> None:
     """Remove ``member`` from ``group``; unsubscribe the process when it was the last."""
     if registry.discard(member, group) and _backend is not None:
         _backend.unsubscribe(group)
+    _presence_left(_backend, member, group)

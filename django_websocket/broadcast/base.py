@@ -20,20 +20,28 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import gevent
 
+from .. import envelopes
 from ..protocol import OP_BINARY, OP_CLOSE, OP_TEXT, check_close_code, check_message, encode_frame
 from .positions import History, Position
 
 __all__ = [
     "BaseBackend",
     "GroupMessage",
+    "Delivery",
+    "Receiver",
+    "Membership",
+    "FORWARD",
+    "TO_VIEW",
+    "ENVELOPE",
     "Member",
     "Registry",
     "registry",
     "check_group",
+    "check_name",
     "check_close",
     "normalize",
     "user_group",
@@ -79,6 +87,23 @@ def check_group(group: str) -> str:
             "reserved; use send_to_user() and broadcast() to reach those groups"
         )
     return group
+
+
+_RESERVED_NAME = re.compile(re.escape(RESERVED_PREFIX) + r"[!-~]{1,200}")
+
+
+def check_name(group: str) -> str:
+    """
+    Check the name of any group, the library's own included, as a client reports it; return it.
+
+    Raises:
+        ValueError: ``group`` is neither a valid group name nor one of the
+            library's own.
+
+    """
+    if _GROUP_NAME.fullmatch(group) or _RESERVED_NAME.fullmatch(group):
+        return group
+    raise ValueError(f"invalid group name {group[:120]!r}")
 
 
 def check_close(code: int, reason: str) -> None:
@@ -157,6 +182,106 @@ class GroupMessage:
     position: Position | None = None
 
 
+class Delivery:
+    """
+    A message handed to the members of a group, in the forms they need, each built once.
+
+    The process's writer greenlet makes one for each message it hands out;
+    a :class:`~django_websocket.broadcast.recovery.Tracker` may keep it
+    until it can deliver it in order.
+
+    """
+
+    __slots__ = ("group", "opcode", "payload", "message", "position", "_frame", "_enveloped",
+                 "_for_view")
+
+    def __init__(
+        self,
+        group: str,
+        opcode: int,
+        payload: bytes,
+        message: Message | None = None,
+        position: Position | None = None,
+    ) -> None:
+        self.group = group
+        self.opcode = opcode
+        self.payload = payload
+        self.message = message
+        self.position = position
+        self._frame: bytes | None = None
+        self._enveloped: bytes | None = None
+        self._for_view: GroupMessage | None = None
+
+    @classmethod
+    def of(cls, message: GroupMessage) -> Delivery:
+        """Return the delivery of a message read from a group's history."""
+        text = message.message
+        if isinstance(text, str):
+            return cls(message.group, OP_TEXT, text.encode(), text, message.position)
+        return cls(message.group, OP_BINARY, text, text, message.position)
+
+    def frame(self) -> bytes:
+        """Return the message's frame, the same for every client."""
+        frame = self._frame
+        if frame is None:
+            # Never compressed: RFC 7692 lets an endpoint send any message
+            # uncompressed, even with permessage-deflate negotiated.
+            frame = self._frame = encode_frame(self.opcode, self.payload)
+        return frame
+
+    def enveloped(self) -> bytes:
+        """Return the frame of the message in an envelope (see ``envelopes``)."""
+        frame = self._enveloped
+        if frame is None:
+            payload = envelopes.header(self.group, self.position) + self.payload
+            frame = self._enveloped = encode_frame(self.opcode, payload)
+        return frame
+
+    def for_view(self) -> GroupMessage:
+        """Return the message as views get it."""
+        message = self._for_view
+        if message is None:
+            text = self.message
+            if text is None:
+                text = self.payload.decode() if self.opcode == OP_TEXT else self.payload
+            message = self._for_view = GroupMessage(self.group, text, self.position)
+        return message
+
+
+class Receiver(Protocol):
+    """
+    What a membership may be besides a flag: an object that decides what a member gets.
+
+    :class:`~django_websocket.broadcast.recovery.Tracker` is one: it
+    delivers a group's messages in the order of their positions, once each.
+
+    """
+
+    #: Whether :meth:`start` ran, and whether it found nothing lost.
+    started: bool
+    complete: bool
+
+    def receive(self, websocket: Member, delivery: Delivery) -> None:
+        """Hand ``delivery`` to ``websocket``, now or later; never wait."""
+
+    def start(self, websocket: Member, open: bool = True) -> bool:
+        """Start; deliver once ``websocket`` is ``open``, or :meth:`release` is called."""
+
+    def release(self, websocket: Member) -> None:
+        """Deliver what :meth:`start` kept until ``websocket`` was open."""
+
+    def stop(self) -> None:
+        """Deliver nothing more: the websocket left the group."""
+
+
+#: How a websocket is in a group: :data:`FORWARD` its messages to the client,
+#: in an :data:`ENVELOPE`, give them :data:`TO_VIEW`, or a :class:`Receiver` decides.
+Membership = Union[bool, int, Receiver]
+TO_VIEW = False
+FORWARD = True
+ENVELOPE = 2
+
+
 class Member(Protocol):
     """
     What the registry hands a group's messages to: a websocket.
@@ -214,16 +339,16 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        # group -> {weak reference to a websocket: forward}
-        self._groups: dict[str, dict[weakref.ref[Member], bool]] = {}
+        # group -> {weak reference to a websocket: membership}
+        self._groups: dict[str, dict[weakref.ref[Member], Membership]] = {}
         self._forget_member = self._forget  # one bound method for every reference
 
-    def add(self, websocket: Member, group: str, forward: bool = True) -> None:
-        """Add ``websocket`` to ``group``, or change whether it forwards that group's messages."""
+    def add(self, websocket: Member, group: str, membership: Membership = FORWARD) -> None:
+        """Add ``websocket`` to ``group``, or change how it gets that group's messages."""
         members = self._groups.get(group)
         if members is None:
             members = self._groups[group] = {}
-        members[_Member(websocket, self._forget_member, group)] = forward
+        members[_Member(websocket, self._forget_member, group)] = membership
 
     def discard(self, websocket: Member, group: str) -> bool:
         """Remove ``websocket`` from ``group``; tell whether this process has no member left."""
@@ -261,6 +386,16 @@ class Registry:
         members = self._groups.get(group, {})
         found = map(weakref.ref.__call__, members)
         return [websocket for websocket in found if websocket is not None]
+
+    def receivers(self, group: str) -> list[tuple[Member, Receiver]]:
+        """Return the websockets of this process in ``group`` with a :class:`Receiver`."""
+        members = self._groups.get(group, {})
+        found = []
+        for ref, membership in list(members.items()):
+            websocket = ref()
+            if websocket is not None and not isinstance(membership, (bool, int)):
+                found.append((websocket, membership))
+        return found
 
     def deliver(
         self,
@@ -331,7 +466,7 @@ registry = Registry()
 # faster than one per connection and per message.
 
 _Job = tuple[
-    str, int, bytes, Union[Message, None], list[tuple[weakref.ref[Member], bool]],
+    str, int, bytes, Union[Message, None], list[tuple[weakref.ref[Member], Membership]],
     Union[Position, None],
 ]
 _jobs: list[_Job] = []  # (group, opcode, payload, message, members, position)
@@ -362,36 +497,49 @@ def _write() -> None:
             jobs = _jobs[:]
             del _jobs[:]
             for group, opcode, payload, message, members, position in jobs:
-                frame = None
-                group_message = None
-                for ref, forward in members:
-                    websocket = ref()
-                    if websocket is None:
-                        continue
-                    try:
-                        if opcode == OP_CLOSE:
-                            # From Registry.close_members: the payload is the code.
-                            websocket.close_from_group(
-                                int.from_bytes(payload, "big"), message  # type: ignore[arg-type]
-                            )
-                        elif forward:
-                            if frame is None:
-                                # One frame for every connection, built once
-                                # and never compressed: RFC 7692 lets an
-                                # endpoint send any message uncompressed, even
-                                # with permessage-deflate negotiated.
-                                frame = encode_frame(opcode, payload)
-                            websocket.deliver_frame(frame)
-                        else:
-                            if group_message is None:
-                                if message is None:
-                                    message = payload.decode() if opcode == OP_TEXT else payload
-                                group_message = GroupMessage(group, message, position)
-                            websocket.deliver_to_view(group_message, len(payload))
-                    except Exception:
-                        logger.exception("cannot deliver a message of %s to %r", group, websocket)
+                if opcode == OP_CLOSE:
+                    # From Registry.close_members: the payload is the code.
+                    _close(group, int.from_bytes(payload, "big"), message, members)  # type: ignore[arg-type]
+                else:
+                    _hand_out(Delivery(group, opcode, payload, message, position), members)
     finally:
         _writer_running = False
+
+
+def _hand_out(
+    delivery: Delivery, members: list[tuple[weakref.ref[Member], Membership]]
+) -> None:
+    frame = None
+    for ref, membership in members:
+        websocket = ref()
+        if websocket is None:
+            continue
+        try:
+            if membership is True:
+                if frame is None:
+                    frame = delivery.frame()  # one frame for every connection
+                websocket.deliver_frame(frame)
+            elif membership is False:
+                websocket.deliver_to_view(delivery.for_view(), len(delivery.payload))
+            elif membership == ENVELOPE:
+                websocket.deliver_frame(delivery.enveloped())
+            else:
+                membership.receive(websocket, delivery)  # type: ignore[union-attr]
+        except Exception:
+            logger.exception("cannot deliver a message of %s to %r", delivery.group, websocket)
+
+
+def _close(
+    group: str, code: int, reason: str, members: list[tuple[weakref.ref[Member], Membership]]
+) -> None:
+    for ref, _ in members:
+        websocket = ref()
+        if websocket is None:
+            continue
+        try:
+            websocket.close_from_group(code, reason)
+        except Exception:
+            logger.exception("cannot close %r, a member of %s", websocket, group)
 
 
 class BaseBackend:
@@ -514,3 +662,56 @@ class BaseBackend:
 
     def close(self) -> None:
         """Release connections and greenlets; called when the setting changes."""
+
+    # Presence (see django_websocket.broadcast.presence).
+
+    #: Whether the backend tracks presence, with :meth:`join_presence`,
+    #: :meth:`leave_presence` and :meth:`presence`.
+    supports_presence = False
+
+    def join_presence(self, group: str, entry: PresenceEntry) -> bool:
+        """
+        Record that the websocket of ``entry`` is in ``group``, for every process to see.
+
+        Called in the view's greenlet: it may wait for the broker. Returns
+        whether it is the first connection of its user in the group across
+        the site (always, for an anonymous one). When the broker cannot be
+        reached, it logs, returns :obj:`False`, and records the entry once
+        the broker is back, if it can.
+
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} tracks no presence: set WEBSOCKET_PRESENCE = {{}} or use a "
+            "backend that tracks it, such as django_websocket.broadcast.redis.RedisBackend."
+        )
+
+    def leave_presence(
+        self, group: str, entry: PresenceEntry, last: Left | None
+    ) -> None:
+        """
+        Forget ``entry``, recorded by :meth:`join_presence`; never block.
+
+        Called as the websocket leaves the group or closes, maybe from the
+        registry's writer greenlet: any I/O happens in a greenlet of the
+        backend's. When ``entry`` was its user's last connection in the group
+        across the site (every anonymous one), the backend calls
+        ``last(group, entry)``, if given, from a greenlet that may wait.
+
+        """
+
+    def presence(self, group: str) -> list[PresenceEntry]:
+        """
+        Return the entries of ``group`` across the site, without the expired ones.
+
+        Raises:
+            BroadcastError: the broker cannot be reached.
+
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} tracks no presence: set WEBSOCKET_PRESENCE = {{}} or use a "
+            "backend that tracks it, such as django_websocket.broadcast.redis.RedisBackend."
+        )
+
+
+if TYPE_CHECKING:
+    from .presence import Left, PresenceEntry

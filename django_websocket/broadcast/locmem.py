@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .base import BaseBackend, GroupMessage, Message, registry
 from .positions import History, MemoryHistory, Position
+from .presence import Left, MemoryPresence, PresenceEntry
 
 __all__ = ["LocMemBackend"]
 
@@ -49,6 +50,7 @@ class LocMemBackend(BaseBackend):
         # restart or a change of settings, starts new epochs.
         self._history = MemoryHistory()
         self._history_lock = threading.Lock()
+        self._presence = MemoryPresence()
 
     supports_history = True
 
@@ -82,3 +84,17 @@ class LocMemBackend(BaseBackend):
 
     def close_members(self, group: str, code: int, reason: str, keep: str | None = None) -> None:
         registry.close_members(group, code, reason, keep)
+
+    supports_presence = True
+
+    def join_presence(self, group: str, entry: PresenceEntry) -> bool:
+        return self._presence.join(group, entry)
+
+    def leave_presence(self, group: str, entry: PresenceEntry, last: Left | None) -> None:
+        if self._presence.leave(group, entry) and last is not None:
+            # Maybe called from the registry's writer greenlet, which
+            # publish() would make wait.
+            gevent.spawn(last, group, entry)
+
+    def presence(self, group: str) -> list[PresenceEntry]:
+        return self._presence.entries(group)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Generic, NamedTuple, TypeVar
 
 from django.core.signals import setting_changed
 
 from ..conf import settings
 
-__all__ = ["HistoryPolicy", "policy_for"]
+__all__ = ["HistoryPolicy", "GroupPatterns", "policy_for"]
+
+_Value = TypeVar("_Value")
 
 
 class HistoryPolicy(NamedTuple):
@@ -29,12 +32,64 @@ class HistoryPolicy(NamedTuple):
     ttl: float
 
 
-# The patterns compiled, and the answer for the groups seen, until the
-# setting changes. Group names are many (one per user, per room): the
-# answers are forgotten when there are this many.
-_MAX_CACHED = 10_000
-_rules: list[tuple[re.Pattern[str], HistoryPolicy]] | None = None
-_cache: dict[str, HistoryPolicy | None] = {}
+class GroupPatterns(Generic[_Value]):
+    """
+    A setting of group name patterns (fnmatch syntax), read on first use.
+
+    :meth:`match` returns the value of the first pattern that matches a
+    group. Answers are cached until the setting changes; group names are
+    many (one per user, per room), so the cache is emptied at
+    :attr:`MAX_CACHED` names.
+
+    """
+
+    MAX_CACHED = 10_000
+
+    def __init__(self, setting: str, load: Callable[[], dict[str, _Value]]) -> None:
+        self.setting = setting
+        self.load = load
+        self._rules: list[tuple[re.Pattern[str], _Value]] | None = None
+        self._cache: dict[str, _Value | None] = {}
+        setting_changed.connect(self._reset)
+
+    def match(self, group: str) -> _Value | None:
+        """
+        Return the value of the first pattern that matches ``group``, or :obj:`None`.
+
+        Raises:
+            ImproperlyConfigured: the setting is wrong.
+
+        """
+        cache = self._cache
+        try:
+            return cache[group]
+        except KeyError:
+            pass
+        rules = self._rules
+        if rules is None:
+            rules = self._rules = [
+                (re.compile(fnmatch.translate(pattern)), value)
+                for pattern, value in self.load().items()
+            ]
+        found = next((value for pattern, value in rules if pattern.match(group)), None)
+        if len(cache) >= self.MAX_CACHED:
+            cache.clear()
+        cache[group] = found
+        return found
+
+    def _reset(self, *, setting: str, **kwargs: object) -> None:
+        if setting == self.setting:
+            self._rules = None
+            self._cache.clear()
+
+
+_policies = GroupPatterns(
+    "WEBSOCKET_HISTORY",
+    lambda: {
+        pattern: HistoryPolicy(config["SIZE"], config["TTL"])
+        for pattern, config in settings.HISTORY.items()
+    },
+)
 
 
 def policy_for(group: str) -> HistoryPolicy | None:
@@ -45,33 +100,4 @@ def policy_for(group: str) -> HistoryPolicy | None:
         ImproperlyConfigured: :data:`WEBSOCKET_HISTORY` is wrong.
 
     """
-    try:
-        return _cache[group]
-    except KeyError:
-        pass
-    global _rules
-    rules = _rules
-    if rules is None:
-        rules = _rules = [
-            (re.compile(fnmatch.translate(pattern)), HistoryPolicy(config["SIZE"], config["TTL"]))
-            for pattern, config in settings.HISTORY.items()
-        ]
-    found = None
-    for pattern, policy in rules:
-        if pattern.match(group):
-            found = policy
-            break
-    if len(_cache) >= _MAX_CACHED:
-        _cache.clear()
-    _cache[group] = found
-    return found
-
-
-def _reset(*, setting: str, **kwargs: object) -> None:
-    global _rules
-    if setting == "WEBSOCKET_HISTORY":
-        _rules = None
-        _cache.clear()
-
-
-setting_changed.connect(_reset)
+    return _policies.match(group)

@@ -55,12 +55,14 @@ from redis.retry import Retry
 
 from ..exceptions import BroadcastError
 from ..metrics import counters
-from . import redis_history, wire
+from . import recovery, redis_history, wire
 from ._subscriptions import Subscriptions
 from .base import BaseBackend, GroupMessage, Message, registry
 from .policy import policy_for
 from .positions import History, Position
+from .presence import Left, PresenceEntry
 from .redis_counts import RedisConnectionCounts
+from .redis_presence import RedisPresence
 
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
@@ -311,8 +313,8 @@ class RedisBackend(BaseBackend):
       :data:`WEBSOCKET_MAX_CONNECTIONS_PER_USER` or
       :data:`WEBSOCKET_MAX_CONNECTIONS_PER_ADDRESS`, seconds after which the
       websockets of a process that died without closing them stop counting
-      towards the site's limits; each process refreshes its own three times
-      as often.
+      towards the site's limits, and in :func:`~django_websocket.presence`;
+      each process refreshes its own three times as often.
     * ``CLIENT_KWARGS`` (``{}``): more arguments for redis-py's connections,
       such as ``{"ssl_ca_certs": "/path/to/ca.pem"}``.
     * ``SENTINEL_KWARGS`` (``{}``): arguments for connections to the
@@ -337,6 +339,7 @@ class RedisBackend(BaseBackend):
         self.max_connections: int = options["MAX_CONNECTIONS"]
         self.connection_count_ttl: float = options["CONNECTION_COUNT_TTL"]
         self._counts: RedisConnectionCounts | None = None
+        self._presence: RedisPresence | None = None
         #: The location without its password, for logs.
         self.display = _without_password(location)
         self._publisher: _Publisher | RedisCluster | None = None
@@ -585,6 +588,49 @@ class RedisBackend(BaseBackend):
         connections = _Publisher(client.connection_pool, self.max_connections, wait)
         return connections.execute, connections.close
 
+    # Presence (see redis_presence).
+
+    supports_presence = True
+
+    def join_presence(self, group: str, entry: PresenceEntry) -> bool:
+        presence = self._presence
+        if presence is None or presence.pid != os.getpid():
+            presence = self._presence = RedisPresence(
+                self, self._execute, self._pipelining_client, self.connection_count_ttl
+            )
+        return presence.join(group, entry)
+
+    def leave_presence(self, group: str, entry: PresenceEntry, last: Left | None) -> None:
+        presence = self._presence
+        if presence is not None and presence.pid == os.getpid():
+            presence.leave(group, entry, last)
+
+    def presence(self, group: str) -> list[PresenceEntry]:
+        presence = self._presence
+        if presence is None or presence.pid != os.getpid():
+            # Reading needs no greenlet: a management command reads this way.
+            presence = RedisPresence(
+                self, self._execute, self._pipelining_client, self.connection_count_ttl
+            )
+        try:
+            return presence.read(group)
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            raise BroadcastError(
+                f"cannot read presence from Redis at {self.display}: {exc}"
+            ) from exc
+
+    def _execute(self, *command: str | bytes) -> Any:
+        """Run ``command`` on a publishing connection; return the answer."""
+        publisher = self._get_publisher()
+        execute: Callable[..., Any] = (
+            publisher.execute if isinstance(publisher, _Publisher) else publisher.execute_command
+        )
+        return execute(*command)
+
+    def _pipelining_client(self) -> redis.Redis | RedisCluster:
+        """Return a redis-py client for one greenlet's pipelines; a cluster's connects."""
+        return self._make_client(self._client_kwargs(subscriber=False), Retry(NoBackoff(), 0))
+
     # Subscribing.
 
     def subscribe(self, group: str) -> None:
@@ -609,6 +655,9 @@ class RedisBackend(BaseBackend):
         counts, self._counts = self._counts, None
         if counts is not None and counts.pid == os.getpid():
             counts.close()
+        presence, self._presence = self._presence, None
+        if presence is not None and presence.pid == os.getpid():
+            presence.close()
 
     def _subscriber_connection(self) -> _Connection:
         """Return a new, unconnected redis-py connection that receives every published message."""
@@ -1128,6 +1177,9 @@ class _Subscriber:
                 waiter = self.waiters.pop(group, None)
                 if waiter is not None:
                     waiter.set()
+                # Messages may have been missed meanwhile: the websockets
+                # that follow positions read them from the history.
+                recovery.resync(group)
             elif kind == b"unsubscribe" and subscriptions.unsubscribed(response[1][skip:].decode()):
                 self.wakeup.set()
 

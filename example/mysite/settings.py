@@ -69,10 +69,17 @@ if os.environ.get("REDIS_URL"):
         "LOCATION": os.environ["REDIS_URL"],
     }
 
-# The site's shared JavaScript; the apps' own files are in their static/.
-# mysite/urls.py serves them under gunicorn too, as DEBUG is on.
+# Each chat room keeps its last 100 messages for 5 minutes: the room's page
+# shows them, and a page that reconnects (a deploy, a phone changing
+# networks) gets what it missed, from django_websocket's JavaScript client.
+WEBSOCKET_HISTORY = {"room.*": {"SIZE": 100, "TTL": 300}}
+# Who is in each room, and a message to the room when someone comes or goes.
+WEBSOCKET_PRESENCE = {"room.*": {"EVENTS": True}}
+
+# The apps' static files, and django_websocket's JavaScript client
+# (django_websocket/websocket.js). mysite/urls.py serves them under gunicorn
+# too, as DEBUG is on.
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
 
 LOGIN_REDIRECT_URL = "/chat/"
 LOGOUT_REDIRECT_URL = "/"

@@ -7,7 +7,7 @@ from mysite.views import signup
 
 urlpatterns = [
     path("", views.index),
-    path("ws/echo/", views.echo),
+    path("ws/echo/", views.echo, name="echo"),
     path("", include("chat.urls")),
     path("", include("notifications.urls")),
     path("accounts/signup/", signup, name="signup"),

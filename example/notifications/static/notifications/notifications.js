@@ -19,16 +19,26 @@
     list.append(item);
   }
 
-  liveSocket(list.dataset.socket, {
-    stateElement: document.getElementById("live-state"),
-    onmessage(message) {
-      if (message.type === "notification" || message.type === "announcement") {
-        show(message.type, message.text);
-      }
-    },
-    onend() {
-      // The session ended (a logout in another tab): show the page as it is now.
+  // DjangoWebSocket (django_websocket/websocket.js) reconnects by itself.
+  const socket = new DjangoWebSocket(list.dataset.socket);
+  socket.showState(document.getElementById("live-state"));
+  socket.addEventListener("message", (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (error) {
+      console.warn("Not JSON, ignored:", event.data);
+      return;
+    }
+    if (message.type === "notification" || message.type === "announcement") {
+      show(message.type, message.text);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    // 1008: the session ended (a logout in another tab), and the client
+    // doesn't reconnect. Show the page as it is now.
+    if (!event.willReconnect && event.code === 1008) {
       location.reload();
-    },
+    }
   });
 })();

@@ -1,0 +1,347 @@
+"""
+Recovery: a websocket gets a group's messages once each, in order, from a position on.
+
+A websocket subscribed to a group that keeps history with a position to
+resume from (see :meth:`~django_websocket.WebSocket.subscribe`), or for a
+client that reads envelopes, is in the group through a :class:`Tracker`. The
+tracker holds the group's live messages back while it reads the history
+after the position; it delivers what the history holds, then the messages
+held back that come after it, skipping those it already delivered:
+
+* The process subscribes to the group before the history is read, so a
+  message published after the read reaches it live, and one published
+  before is in what the read returns: no gap.
+* Each message has an offset; the tracker remembers the last it delivered
+  and drops any other at or before it: no duplicate.
+* A live message whose offset skips some (the process's Redis connection
+  dropped, and its subscription missed them) starts the same catch-up from
+  the last delivered, and so does the process's subscription coming back
+  (:func:`resync`), for a group whose next message may be long in coming.
+  A message of another epoch (Redis restarted, or was flushed) is a loss:
+  positions started over.
+
+A loss is never silent to the view that resumes: :meth:`Tracker.start`
+returns whether the history reached back to the position. A client that
+reads envelopes gets a ``"lost"`` notice for that loss and for the later
+ones (see :mod:`django_websocket.envelopes`); a view that reads the
+messages itself sees their epoch change.
+
+This module knows no Django.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+
+import gevent
+
+from .. import envelopes
+from ..exceptions import BroadcastError
+from ..metrics import counters
+from ..protocol import OP_TEXT, encode_frame
+from .base import Delivery, Member, registry
+from .positions import History, Position
+
+__all__ = ["Tracker", "resync", "MAX_HELD"]
+
+logger = logging.getLogger(__name__)
+
+#: Live messages a tracker holds back while it catches up, at most: beyond,
+#: it gives up on the gap, reports a loss and delivers from the newest on.
+MAX_HELD = 10_000
+
+#: What reads a group's history: ``read(since)`` with ``since`` a position,
+#: or :obj:`None` for just the group's last position.
+Reader = Callable[[Position | None], History]
+
+
+class Tracker:
+    """
+    How one websocket is in one group that keeps history: in order, once each.
+
+    ``forward`` tells whether the messages go to the client (in envelopes
+    if ``envelope``) or to the view. Until :meth:`start` has caught up from
+    ``since``, and the websocket is open, live messages are held back.
+
+    """
+
+    # A connection may be in many groups: no __dict__.
+    __slots__ = ("group", "forward", "envelope", "read", "since", "epoch", "offset", "held",
+                 "complete", "started", "stopped", "_catching_up", "_ready")
+
+    def __init__(
+        self, group: str, forward: bool, envelope: bool, read: Reader, since: Position | None
+    ) -> None:
+        self.group = group
+        self.forward = forward
+        self.envelope = envelope
+        self.read = read
+        #: The position to resume from, or None to start from now.
+        self.since = since
+        #: The position of the last message delivered (or the one to start after).
+        self.epoch: str | None = None
+        self.offset = 0
+        #: Live messages held back while catching up, or None.
+        self.held: list[Delivery] | None = []
+        #: Whether no message after ``since`` was lost, as :meth:`start` found.
+        self.complete = True
+        #: Whether :meth:`start` read the history.
+        self.started = False
+        #: Whether the websocket left the group, or subscribed to it anew.
+        self.stopped = False
+        # Stands for the catch-up in progress: a newer one, giving up on
+        # the gap, or stopping makes a catch-up's answer moot.
+        self._catching_up: object | None = None
+        # What start() read before the websocket was open, for release().
+        self._ready: tuple[Position | None, History | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Tracker {self.group} at {self.epoch}:{self.offset}>"
+
+    # Called by the registry's writer greenlet: never waits.
+
+    def receive(self, websocket: Member, delivery: Delivery) -> None:
+        """Deliver ``delivery`` in its turn: now, later, or not at all if delivered before."""
+        held = self.held
+        if held is None or delivery.position is None:
+            # Not from the history (a presence event) has no turn to wait for.
+            self._take(websocket, delivery)
+        elif len(held) < MAX_HELD:
+            held.append(delivery)
+        else:
+            self._give_up(websocket, delivery)
+
+    def stop(self) -> None:
+        """Deliver nothing more: the websocket left the group, or has a new tracker in it."""
+        self.stopped = True
+        self.held = None
+        self._catching_up = None
+        self._ready = None
+
+    def _take(self, websocket: Member, delivery: Delivery) -> None:
+        if self.stopped:
+            return
+        position = delivery.position
+        if position is not None:
+            epoch, offset = position
+            if epoch != self.epoch:
+                since = self.since
+                if self.epoch is None and since is None:
+                    # The history could not be read, and nothing was to
+                    # recover: positions start here.
+                    self.epoch, self.offset = epoch, offset - 1
+                    self._notify(websocket, "subscribed", Position(epoch, offset - 1), live=True)
+                elif self.epoch is None and since is not None and since.epoch == epoch:
+                    # The history could not be read: from since on, what
+                    # this message skips is read now.
+                    self.epoch, self.offset = since
+                else:
+                    # Positions started over: what came before in the old
+                    # epoch is lost; the new one's may be in the history.
+                    self._lost(websocket, Position(epoch, 0))
+                    self.epoch, self.offset = epoch, 0
+            if offset <= self.offset:
+                return  # delivered already
+            if offset > self.offset + 1:
+                # Missed live: the history may have them.
+                self.held = [delivery]
+                gevent.spawn(self._fill, weakref.ref(websocket), Position(epoch, self.offset))
+                return
+            self.offset = offset
+        if self.forward:
+            websocket.deliver_frame(delivery.enveloped() if self.envelope else delivery.frame())
+        else:
+            websocket.deliver_to_view(delivery.for_view(), len(delivery.payload))
+
+    def _give_up(self, websocket: Member, newest: Delivery) -> None:
+        # Too many live messages wait for a catch-up: forget them and it.
+        logger.warning(
+            "%d messages of %s waited for its history to be read: they are lost to %r",
+            MAX_HELD, self.group, websocket,
+        )
+        self.held = None
+        self._catching_up = None
+        self._ready = None
+        if not self.started:
+            self.started, self.complete = True, False
+        position = newest.position
+        assert position is not None
+        start = Position(position.epoch, position.offset - 1)
+        self._lost(websocket, start)
+        self.epoch, self.offset = start
+        self._take(websocket, newest)
+
+    def _lost(self, websocket: Member, position: Position) -> None:
+        # Messages before ``position`` are lost; from it on, none is.
+        counters.recovery_losses += 1
+        logger.info("messages of %s were lost to %r before %s", self.group, websocket, position)
+        self._notify(websocket, "lost", position, live=True)
+
+    def _notify(self, websocket: Member, kind: str, position: Position, live: bool = False) -> None:
+        if self.stopped or not self.envelope or (live and not self.forward):
+            # A view that gets the messages sends them on when it reads
+            # them: a notice about them would overtake them. Its client
+            # sees the epoch change instead.
+            return
+        notice = envelopes.notice(kind, self.group, position)
+        websocket.deliver_frame(encode_frame(OP_TEXT, notice.encode()))
+
+    # Catching up: in the view's greenlet, or one of its own for a gap.
+
+    def start(self, websocket: Member, open: bool = True) -> bool:
+        """
+        Read the history after :attr:`since`; return whether no message after it is lost.
+
+        With ``open``, deliver what it holds, then the live messages held
+        back; otherwise keep them until :meth:`release`, once the
+        websocket is open. Waits for the history.
+
+        """
+        history = self._read(self.since)
+        if self.stopped or self.started:
+            return self.complete  # stopped, or given up (see _give_up), meanwhile
+        self.started = True
+        self.complete = _complete(self.since, history)
+        if self.since is not None:
+            if self.complete:
+                counters.recoveries += 1
+            else:
+                counters.recovery_losses += 1
+        if open:
+            self._apply(websocket, self.since, history, initial=True)
+        else:
+            self._ready = (self.since, history)
+        return self.complete
+
+    def release(self, websocket: Member) -> None:
+        """Deliver what :meth:`start` read before ``websocket`` was open, and what came since."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            self._apply(websocket, *ready, initial=True)
+
+    def catch_up(self, websocket: Member, since: Position) -> None:
+        """Deliver the messages after ``since`` that the history holds, then those held back."""
+        token = self._catching_up = object()
+        try:
+            history = self._read(since)
+        except BaseException:
+            if self._catching_up is token:
+                self._catching_up = None
+                self._apply(websocket, since, None)
+            raise
+        if self._catching_up is token:
+            self._catching_up = None
+            if not _complete(since, history):
+                counters.recovery_losses += 1
+            self._apply(websocket, since, history)
+
+    def resync(self, websocket: Member, last: Position) -> None:
+        """
+        Catch up if the group's ``last`` position is ahead of what was delivered.
+
+        Called once the process's subscription to the group is back (see
+        :func:`resync`): messages published while it was away were missed.
+
+        """
+        if self.stopped or not self.started or self.held is not None:
+            return  # not started, or catching up already
+        if self.epoch is None:
+            # The first read failed.
+            if self.since is None:
+                self.epoch, self.offset = last
+                self._notify(websocket, "subscribed", last, live=True)
+                return
+            self.held = []
+            self.catch_up(websocket, self.since)
+            return
+        if last.epoch != self.epoch:
+            self._lost(websocket, Position(last.epoch, 0))
+            self.epoch, self.offset = last.epoch, 0
+        if last.offset > self.offset:
+            self.held = []
+            self.catch_up(websocket, Position(self.epoch, self.offset))
+
+    def _read(self, since: Position | None) -> History | None:
+        try:
+            return self.read(since)
+        except BroadcastError as exc:
+            logger.warning("cannot read the history of %s: %s", self.group, exc)
+            return None
+
+    def _apply(
+        self, websocket: Member, since: Position | None, history: History | None,
+        initial: bool = False,
+    ) -> None:
+        # Deliver what the history holds after ``since``, then release the
+        # messages held back. ``initial`` for start()'s read.
+        if self.stopped:
+            return
+        live = not initial
+        if history is None:
+            # Unknown until the first live message (see _take), or:
+            if self.epoch is not None and self.held:
+                # A catch-up failed: the messages it was to fill are lost.
+                first = self.held[0].position
+                assert first is not None  # only messages with one are held
+                self._lost(websocket, Position(first.epoch, first.offset - 1))
+                self.epoch, self.offset = first.epoch, first.offset - 1
+        elif not _complete(since, history):
+            self._notify(websocket, "lost", history.position, live)
+            self.epoch, self.offset = history.position
+        else:
+            start = since if since is not None else history.position
+            self._notify(websocket, "subscribed", start, live)
+            self.epoch, self.offset = start
+            if since is not None:
+                for message in history.messages:
+                    self._take(websocket, Delivery.of(message))
+        held, self.held = self.held, None
+        for delivery in held or ():
+            if self.held is not None:
+                self.held.append(delivery)  # another gap: wait for its catch-up
+            else:
+                self._take(websocket, delivery)
+
+    def _fill(self, ref: weakref.ref[Member], since: Position) -> None:
+        websocket = ref()
+        if websocket is not None and not self.stopped:
+            self.catch_up(websocket, since)
+
+
+def _complete(since: Position | None, history: History | None) -> bool:
+    """Tell whether no message after ``since`` is lost, as ``history`` found."""
+    if since is None:
+        return True
+    return history is not None and history.complete
+
+
+def resync(group: str) -> None:
+    """
+    Catch up the trackers of ``group`` in this process; never wait.
+
+    The Redis backend calls it when the process's subscription to the group
+    is confirmed: when it came back after an outage, or took effect after
+    a tracker read the history. One read of the group's last position tells
+    which trackers missed messages; those read them from the history.
+
+    """
+    trackers = [
+        (weakref.ref(websocket), receiver)
+        for websocket, receiver in registry.receivers(group)
+        if isinstance(receiver, Tracker) and receiver.started and not receiver.stopped
+    ]
+    if trackers:
+        gevent.spawn(_resync, trackers)
+
+
+def _resync(trackers: list[tuple[weakref.ref[Member], Tracker]]) -> None:
+    history = trackers[0][1]._read(None)
+    if history is None:
+        return  # Redis is away again: its return calls resync() again
+    for ref, tracker in trackers:
+        websocket = ref()
+        if websocket is not None:
+            tracker.resync(websocket, history.position)
