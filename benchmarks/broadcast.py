@@ -82,6 +82,10 @@ SERVERS = [
 ]
 CHANNELS = ("channels-uvicorn", "channels-daphne")
 PATH = "/ws/listen/"
+# What starts a group message in an envelope, and a notice, for clients that
+# connect with ?dws=1 (django_websocket/envelopes.py).
+ENVELOPE = b"\x1e"
+NOTICE = b"\x1d"
 
 
 # Servers.
@@ -170,7 +174,18 @@ def start_redis(log_dir: Path, cpu: str | None) -> tuple[Process, str]:
     sys.exit(f"redis-server did not start:\n{process.log()}")
 
 
-def start_server(name: str, redis_url: str, log_dir: Path, cpu: str | None) -> tuple[Process, int]:
+def start_server(
+    name: str, redis_url: str, log_dir: Path, cpu: str | None, extra_env: dict | None = None,
+    label: str | None = None,
+) -> tuple[Process, int]:
+    """
+    Start the server ``name``; return it and its port.
+
+    ``extra_env`` adds to its environment (``history_fanout.py`` runs
+    django_websocket with and without history side by side); ``label``
+    names its log, ``name`` by default.
+
+    """
     listener = None
     pass_fds = ()
     env = {}
@@ -212,8 +227,10 @@ def start_server(name: str, redis_url: str, log_dir: Path, cpu: str | None) -> t
         ]
         env["DJANGO_SETTINGS_MODULE"] = "broadcastsite.settings_channels"
         env["BENCH_REDIS_URL"] = redis_url
+    env.update(extra_env or {})
+    label = label or name
     try:
-        process = Process(name, command, log_dir / f"{name}.log", env, cpu, pass_fds)
+        process = Process(label, command, log_dir / f"{label}.log", env, cpu, pass_fds)
     finally:
         if listener is not None:
             listener.close()
@@ -310,11 +327,17 @@ class Subscriber(WSListener):
     def on_ws_frame(self, transport, frame) -> None:
         kind = frame.msg_type
         if kind is WSMsgType.TEXT:
+            data = frame.get_payload_as_bytes()
+            if data[:1] == NOTICE:
+                return  # a client in envelope mode (dws=1) is told it subscribed
             if self.pid is None:
-                self.pid = frame.get_payload_as_bytes().split()[1].decode()
+                self.pid = data.split()[1].decode()
                 self.ready.set_result(None)
             else:
-                self.bench.received(self, frame.get_payload_as_bytes())
+                if data[:1] == ENVELOPE:
+                    # "\x1e<group> <epoch:offset>\n<message>": the message is the same.
+                    data = data[data.index(b"\n") + 1:]
+                self.bench.received(self, data)
         elif kind is WSMsgType.CLOSE:
             transport.disconnect()
 
@@ -358,8 +381,10 @@ class Bench:
             self.done.set_exception(Failure(error))
 
 
-async def connect(bench: Bench, port: int, count: int, timeout: float) -> list[Subscriber]:
-    url = f"ws://127.0.0.1:{port}{PATH}"
+async def connect(
+    bench: Bench, port: int, count: int, timeout: float, path: str = PATH
+) -> list[Subscriber]:
+    url = f"ws://127.0.0.1:{port}{path}"
     origin = f"http://127.0.0.1:{port}"
     semaphore = asyncio.Semaphore(50)
     subscribers = []
@@ -414,8 +439,9 @@ def payload(number: int) -> bytes:
 class Fanout:
     """One server's subscribers for the fanout workload, and its figures."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, path: str = PATH) -> None:
         self.name = name
+        self.path = path  # with ?dws=1, the clients read envelopes
         self.bench = Bench()
         self.times: list[float] = []
         self.firsts: list[float] = []
@@ -423,7 +449,9 @@ class Fanout:
 
     async def open(self, port: int, args) -> None:
         bench = self.bench
-        bench.subscribers = await connect(bench, port, args.subscribers + 1, args.timeout)
+        bench.subscribers = await connect(
+            bench, port, args.subscribers + 1, args.timeout, self.path
+        )
         bench.control = bench.subscribers[0]
         await self.balance(port, args)
         for subscriber in bench.subscribers[1:]:
@@ -449,7 +477,7 @@ class Fanout:
             emptiest = min(by_pid, key=lambda pid: len(by_pid[pid]))
             if len(by_pid[fullest]) - len(by_pid[emptiest]) <= 1:
                 return
-            [extra] = await connect(bench, port, 1, args.timeout)
+            [extra] = await connect(bench, port, 1, args.timeout, self.path)
             drop = extra if extra.pid == fullest else by_pid[fullest][-1]
             if drop is not extra:
                 bench.subscribers.append(extra)
@@ -480,6 +508,7 @@ class Fanout:
             "workers": sorted(self.workers.values(), reverse=True),
             "rounds": len(times_ms),
             "median_ms": statistics.median(times_ms),
+            "p95_ms": statistics.quantiles(times_ms, n=100, method="inclusive")[94],
             "p99_ms": statistics.quantiles(times_ms, n=100, method="inclusive")[98],
             "min_ms": times_ms[0],
             "max_ms": times_ms[-1],
@@ -487,19 +516,22 @@ class Fanout:
         }
 
 
-async def fanout_all(ports: dict[str, int], args, results: dict[str, dict]) -> None:
+async def fanout_all(
+    ports: dict[str, int], args, results: dict[str, dict], paths: dict[str, str] | None = None
+) -> None:
     """
     Measure every server's fanout, round after round, in turn.
 
     All servers keep their subscribers connected; each round measures one
     publish on each server, in an order that rotates, so that whatever else
-    loads the machine weighs on every server alike.
+    loads the machine weighs on every server alike. ``paths`` gives a
+    server's clients another path than :data:`PATH`.
 
     """
     runs = {}
     try:
         for name, port in ports.items():
-            run = runs[name] = Fanout(name)
+            run = runs[name] = Fanout(name, (paths or {}).get(name, PATH))
             try:
                 await run.open(port, args)
             except (Failure, asyncio.TimeoutError, OSError) as exc:

@@ -105,6 +105,44 @@ def slow_view(request):
     websocket.send("unreachable")  # raises ConnectionClosed
 
 
+@require_websocket
+def resume(request):
+    """
+    Join the groups in ``?group=`` from where the client left off; say whether nothing was lost.
+
+    The client reports its positions as the JavaScript client does
+    (``dws=1&dws_positions=...``), and gets the groups' messages in envelopes.
+    The view says ``resumed <True or False> <pid>``, False when
+    ``subscribe()`` found messages lost, then echoes what the client sends.
+
+    """
+    websocket = request.websocket
+    complete = True
+    for group in request.GET.getlist("group"):
+        complete = websocket.subscribe(group) and complete
+    websocket.send(f"resumed {complete} {os.getpid()}")
+    for message in websocket:
+        websocket.send(f"echo {message}")
+
+
+@require_websocket
+def positions(request):
+    """
+    Join ``?group=`` from ``?since=`` with ``forward=False``: send each message with its position.
+
+    The view says ``resumed <True or False> <pid>``, then sends each
+    :class:`GroupMessage` as ``<position> <message>``.
+
+    """
+    websocket = request.websocket
+    since = request.GET.get("since") or None
+    complete = websocket.subscribe(request.GET["group"], forward=False, since=since)
+    websocket.send(f"resumed {complete} {os.getpid()}")
+    for message in websocket:
+        if isinstance(message, GroupMessage):
+            websocket.send(f"{message.position} {message.message}")
+
+
 def _published(call, *args) -> HttpResponse:
     start = time.monotonic()
     try:

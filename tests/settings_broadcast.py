@@ -2,10 +2,12 @@
 Settings for the servers of the broadcast tests.
 
 The server settings plus the broadcast views; with ``WEBSOCKET_TEST_REDIS_URL``
-set, the Redis backend at that URL, with short reconnection delays.
+set, the Redis backend at that URL, with short reconnection delays; with
+``WEBSOCKET_TEST_HISTORY`` set, that JSON as ``WEBSOCKET_HISTORY``.
 
 """
 
+import json
 import os
 
 from .settings_server import *  # noqa: F401,F403
@@ -23,6 +25,9 @@ if os.environ.get("WEBSOCKET_TEST_REDIS_URL"):
             "RECONNECT_MAX_DELAY": 0.5,
         },
     }
+
+if os.environ.get("WEBSOCKET_TEST_HISTORY"):
+    WEBSOCKET_HISTORY = json.loads(os.environ["WEBSOCKET_TEST_HISTORY"])
 
 if os.environ.get("WEBSOCKET_TEST_MAX_SEND_QUEUE"):
     WEBSOCKET_MAX_SEND_QUEUE = int(os.environ["WEBSOCKET_TEST_MAX_SEND_QUEUE"])

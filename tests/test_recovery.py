@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from django_websocket import GroupMessage, Position, publish
 from django_websocket.broadcast.base import Delivery, registry
 from django_websocket.broadcast.positions import History
-from django_websocket.broadcast.recovery import MAX_HELD, Tracker
+from django_websocket.broadcast.recovery import MAX_HELD, Tracker, resync
 from django_websocket.envelopes import MAX_POSITIONS, parse_positions
 from django_websocket.metrics import counters
 from django_websocket.protocol import OP_BINARY, OP_TEXT
@@ -435,30 +435,67 @@ def test_giving_up_during_the_first_read_is_a_loss():
     assert offsets(member) == [MAX_HELD + 2, MAX_HELD + 3]
 
 
+def resynced(group="g"):
+    """Run recovery.resync() as the Redis backend does, and wait for it."""
+    resync(group)
+    gevent.idle()
+    wait_for(lambda: all(r.held is None for _, r in registry.receivers(group)), "the resync")
+
+
 def test_resync_reads_what_the_process_missed_while_unsubscribed():
+    stream = Stream()
+    reads = []
+
+    def read(since):
+        reads.append(since)
+        return stream.read(since)
+
+    members = [Member() for _ in range(50)]
+    for member in members:
+        tracker = Tracker("g", False, False, read, None)
+        registry.add(member, "g", tracker)
+        tracker.start(member)
+    del reads[:]
+    stream.publish(), stream.publish()  # missed: Redis was away
+    resynced()
+    assert all(offsets(member) == [1, 2] for member in members)
+    assert reads == [None, Position("e", 0)]  # the position, then one read for all
+    resynced()  # up to date: one read of the position, nothing else
+    assert all(offsets(member) == [1, 2] for member in members)
+    assert reads == [None, Position("e", 0), None]
+    for member in members:
+        registry.discard(member, "g")
+
+
+def test_resync_holds_live_messages_until_it_has_read():
     stream, member = Stream(), Member()
     tracker = Tracker("g", False, False, stream.read, None)
+    registry.add(member, "g", tracker)
     tracker.start(member)
-    stream.publish(), stream.publish()  # missed: Redis was away
-    tracker.resync(member, stream.read(None).position)
+    stream.publish()  # missed
+    resync("g")
+    tracker.receive(member, stream.publish())  # live, before the resync ran
+    gevent.idle()
+    wait_for(lambda: tracker.held is None, "the resync")
     assert offsets(member) == [1, 2]
-    tracker.resync(member, stream.read(None).position)  # up to date: nothing
-    assert offsets(member) == [1, 2]
+    registry.discard(member, "g")
 
 
 def test_resync_after_positions_started_over_reports_the_loss():
     stream, member = Stream(), Member()
     tracker = Tracker("g", True, True, stream.read, None)
+    registry.add(member, "g", tracker)
     stream.publish()
     tracker.start(member)
     restarted = Stream(epoch="f")
     restarted.publish()
     tracker.read = restarted.read
-    tracker.resync(member, restarted.read(None).position)
+    resynced()
     notices = [json.loads(f[3:]) for f in member.frames if f[2:3] == b"\x1d"]
-    assert [n["type"] for n in notices] == ["subscribed", "lost", "subscribed"]
+    assert [n["type"] for n in notices] == ["subscribed", "lost"]
     assert notices[1]["position"] == "f:0"
     assert member.frames[-1].endswith(b"\x1eg f:1\nm1")
+    registry.discard(member, "g")
 
 
 def test_a_view_that_reads_the_messages_gets_no_notice_ahead_of_them():

@@ -8,6 +8,8 @@ urlpatterns = [
     path("broadcast/listen/", broadcast_views.listen),
     path("broadcast/filtered/", broadcast_views.filtered),
     path("broadcast/slow-view/", broadcast_views.slow_view),
+    path("broadcast/resume/", broadcast_views.resume),
+    path("broadcast/positions/", broadcast_views.positions),
     path("broadcast/publish/", broadcast_views.publish_view),
     path("broadcast/send-to-user/", broadcast_views.send_to_user_view),
     path("broadcast/broadcast/", broadcast_views.broadcast_view),

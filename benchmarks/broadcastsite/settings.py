@@ -1,7 +1,9 @@
 """
 The broadcast benchmark's site: the benchmark site's settings, a view that joins a group.
 
-``BENCH_REDIS_URL`` set: the Redis backend there; unset: the in-memory one.
+``BENCH_REDIS_URL`` set: the Redis backend there, with ``BENCH_REDIS_PREFIX``
+as its ``PREFIX`` if set (servers side by side on one Redis); unset: the
+in-memory one.
 
 """
 
@@ -21,3 +23,5 @@ if os.environ.get("BENCH_REDIS_URL"):
         "BACKEND": "django_websocket.broadcast.redis.RedisBackend",
         "LOCATION": os.environ["BENCH_REDIS_URL"],
     }
+    if os.environ.get("BENCH_REDIS_PREFIX"):
+        WEBSOCKET_BROADCAST["OPTIONS"] = {"PREFIX": os.environ["BENCH_REDIS_PREFIX"]}

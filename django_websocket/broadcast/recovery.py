@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 
 import gevent
 
@@ -177,7 +178,8 @@ class Tracker:
     def _lost(self, websocket: Member, position: Position) -> None:
         # Messages before ``position`` are lost; from it on, none is.
         counters.recovery_losses += 1
-        logger.info("messages of %s were lost to %r before %s", self.group, websocket, position)
+        logger.info("messages of %s were lost to %r; it gets every one after %s",
+                    self.group, websocket, position)
         self._notify(websocket, "lost", position, live=True)
 
     def _notify(self, websocket: Member, kind: str, position: Position, live: bool = False) -> None:
@@ -238,31 +240,50 @@ class Tracker:
                 counters.recovery_losses += 1
             self._apply(websocket, since, history)
 
-    def resync(self, websocket: Member, last: Position) -> None:
+    def align(self, websocket: Member, last: Position) -> bool:
         """
-        Catch up if the group's ``last`` position is ahead of what was delivered.
+        Tell whether messages up to ``last``, the group's last position, were missed.
 
-        Called once the process's subscription to the group is back (see
-        :func:`resync`): messages published while it was away were missed.
+        Called while the live messages are held back (see :func:`resync`),
+        once the process's subscription to the group is back. Positions that
+        started over are a loss; then the new epoch's messages are missed.
 
         """
-        if self.stopped or not self.started or self.held is not None:
-            return  # not started, or catching up already
+        if self.stopped:
+            return False
+        since = self.since
         if self.epoch is None:
             # The first read failed.
-            if self.since is None:
+            if since is None:
                 self.epoch, self.offset = last
                 self._notify(websocket, "subscribed", last, live=True)
-                return
-            self.held = []
-            self.catch_up(websocket, self.since)
-            return
+                return False
+            if since.epoch == last.epoch:
+                self.epoch, self.offset = since
         if last.epoch != self.epoch:
             self._lost(websocket, Position(last.epoch, 0))
             self.epoch, self.offset = last.epoch, 0
-        if last.offset > self.offset:
-            self.held = []
-            self.catch_up(websocket, Position(self.epoch, self.offset))
+        return last.offset > self.offset
+
+    def catch_up_from(self, websocket: Member, history: History) -> None:
+        """Deliver what ``history``, read from an earlier position, holds after this one's."""
+        assert self.epoch is not None
+        since = Position(self.epoch, self.offset)
+        head = history.messages[0].position if history.messages else None
+        first = head.offset if head is not None else history.position.offset + 1
+        complete = history.position.epoch == since.epoch and first <= since.offset + 1
+        if not complete:
+            counters.recovery_losses += 1
+        self._apply(websocket, since, replace(history, complete=complete))
+
+    def release_held(self, websocket: Member) -> None:
+        """Deliver the live messages held back."""
+        held, self.held = self.held, None
+        for delivery in held or ():
+            if self.held is not None:
+                self.held.append(delivery)  # another gap: wait for its catch-up
+            else:
+                self._take(websocket, delivery)
 
     def _read(self, since: Position | None) -> History | None:
         try:
@@ -293,17 +314,13 @@ class Tracker:
             self.epoch, self.offset = history.position
         else:
             start = since if since is not None else history.position
-            self._notify(websocket, "subscribed", start, live)
+            if initial:
+                self._notify(websocket, "subscribed", start)
             self.epoch, self.offset = start
             if since is not None:
                 for message in history.messages:
                     self._take(websocket, Delivery.of(message))
-        held, self.held = self.held, None
-        for delivery in held or ():
-            if self.held is not None:
-                self.held.append(delivery)  # another gap: wait for its catch-up
-            else:
-                self._take(websocket, delivery)
+        self.release_held(websocket)
 
     def _fill(self, ref: weakref.ref[Member], since: Position) -> None:
         websocket = ref()
@@ -324,24 +341,39 @@ def resync(group: str) -> None:
 
     The Redis backend calls it when the process's subscription to the group
     is confirmed: when it came back after an outage, or took effect after
-    a tracker read the history. One read of the group's last position tells
-    which trackers missed messages; those read them from the history.
+    a tracker read the history. The trackers hold the live messages back;
+    one read of the group's last position tells which missed some, and one
+    read of the history, from the earliest of them, catches them all up.
 
     """
-    trackers = [
-        (weakref.ref(websocket), receiver)
-        for websocket, receiver in registry.receivers(group)
-        if isinstance(receiver, Tracker) and receiver.started and not receiver.stopped
-    ]
+    trackers = []
+    for websocket, receiver in registry.receivers(group):
+        if (isinstance(receiver, Tracker) and receiver.started and not receiver.stopped
+                and receiver.held is None):  # not catching up already
+            receiver.held = []
+            trackers.append((weakref.ref(websocket), receiver))
     if trackers:
         gevent.spawn(_resync, trackers)
 
 
 def _resync(trackers: list[tuple[weakref.ref[Member], Tracker]]) -> None:
-    history = trackers[0][1]._read(None)
-    if history is None:
-        return  # Redis is away again: its return calls resync() again
-    for ref, tracker in trackers:
-        websocket = ref()
-        if websocket is not None:
-            tracker.resync(websocket, history.position)
+    found = [(websocket, tracker) for ref, tracker in trackers
+             if (websocket := ref()) is not None]
+    try:
+        reader = trackers[0][1]
+        last = reader._read(None)
+        behind = []
+        if last is not None:
+            behind = [(websocket, tracker) for websocket, tracker in found
+                      if tracker.align(websocket, last.position)]
+        if behind:
+            start = min(tracker.offset for _, tracker in behind)
+            history = reader._read(Position(last.position.epoch, start))  # type: ignore[union-attr]
+            if history is not None:
+                for websocket, tracker in behind:
+                    tracker.catch_up_from(websocket, history)
+    finally:
+        # Those up to date, and all of them if Redis is away again (its
+        # return calls resync() again).
+        for websocket, tracker in found:
+            tracker.release_held(websocket)
