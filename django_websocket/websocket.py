@@ -1073,8 +1073,11 @@ class WebSocket:
         groups = self._groups
         if groups is None or group not in groups:
             return
-        _stop(groups.pop(group))
-        if self._joined and self._connection.state is not CLOSED:
+        how = groups.pop(group)
+        _stop(how)
+        # A tracker is in its group before the handshake is accepted.
+        joined = self._joined or not isinstance(how, (bool, int))
+        if joined and self._connection.state is not CLOSED:
             from .broadcast import leave
 
             leave(self, group)
@@ -1112,15 +1115,20 @@ class WebSocket:
     def _catch_up(self) -> None:
         # Open now: groups that resume from a position, or whose position
         # the client follows, deliver what they held back (see recovery).
-        for how in list((self._groups or {}).values()):
+        for group, how in list((self._groups or {}).items()):
             if isinstance(how, (bool, int)):
                 continue
             if self._connection.state is CLOSED:
                 return
-            if how.started:
-                how.release(self)
-            else:
-                how.start(self)
+            try:
+                if how.started:
+                    how.release(self)
+                else:
+                    how.start(self)
+            except Exception:
+                # Not the other groups' fault: this one is left.
+                logger.exception("cannot deliver the messages of %s", group)
+                self.unsubscribe(group)
 
     def _default_membership(self, group: str) -> Membership:
         # The broadcast and user groups forward their messages; the

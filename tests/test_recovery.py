@@ -592,3 +592,68 @@ def test_a_subscribe_that_raises_leaves_the_group(chat, pairs):
             websocket.subscribe("chat.1")
         assert websocket.groups == frozenset()
         assert "chat.1" not in registry
+
+
+def test_messages_of_an_epoch_left_behind_are_dropped_not_chased():
+    old, new, member = Stream(), Stream(epoch="f"), Member()
+    redis = [old]  # restarted below: the history is the new epoch's
+    reads = []
+
+    def read(since):
+        reads.append(since)
+        return redis[0].read(since)
+
+    tracker = Tracker("g", True, True, read, None)
+    old.publish()
+    tracker.start(member)
+    redis[0] = new
+    new.publish(), new.publish()
+    late = old.publish()  # published before the restart, still on its way
+    tracker.receive(member, new.published[-1])  # f:2: a new epoch, and a gap
+    tracker.receive(member, late)  # held during the catch-up
+    gevent.idle()
+    wait_for(lambda: tracker.held is None, "the catch-up")
+    tracker.receive(member, late)
+    assert len(reads) == 2  # the start, and one catch-up of the new epoch
+    assert [f for f in member.frames if b"\x1eg " in f][-2:] == [
+        new.published[0].enveloped(), new.published[1].enveloped(),
+    ]
+
+
+def test_giving_up_before_the_websocket_is_open_tells_the_client_once_it_is():
+    stream, member = Stream(), Member()
+    stream.publish()
+    tracker = Tracker("g", True, True, stream.read, Position("e", 0))
+    assert tracker.start(member, open=False) is True
+    for _ in range(MAX_HELD + 1):
+        tracker.receive(member, stream.publish())
+    assert member.frames == []  # not open: nothing is written yet
+    tracker.release(member)
+    assert json.loads(member.frames[0][3:]) == {
+        "type": "lost", "group": "g", "position": f"e:{MAX_HELD + 1}",
+    }
+    assert member.frames[1] == stream.published[-1].enveloped()
+    tracker.receive(member, stream.publish())
+    assert member.frames[2] == stream.published[-1].enveloped()
+
+
+def test_a_resync_while_messages_are_held_is_done_once_they_are_released():
+    stream, member = Stream(), Member()
+    tracker = Tracker("g", False, False, stream.read, None)
+    registry.add(member, "g", tracker)
+    tracker.start(member, open=False)  # the view has not accepted yet
+    stream.publish()  # published between the read and the subscription
+    resync("g")  # the subscription is confirmed now
+    tracker.release(member)
+    gevent.idle()
+    wait_for(lambda: tracker.held is None and offsets(member) == [1], "the recheck")
+    registry.discard(member, "g")
+
+
+def test_unsubscribing_before_the_handshake_leaves_the_group(chat, pairs):
+    positions = publish_all("chat.1", 2)
+    websocket, client = envelope_client(pairs, chat_1=str(positions[0]))
+    websocket.subscribe("chat.1")
+    assert "chat.1" in registry
+    websocket.unsubscribe("chat.1")
+    assert "chat.1" not in registry

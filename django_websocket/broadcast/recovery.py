@@ -71,7 +71,8 @@ class Tracker:
 
     # A connection may be in many groups: no __dict__.
     __slots__ = ("group", "forward", "envelope", "read", "since", "epoch", "offset", "held",
-                 "complete", "started", "stopped", "_catching_up", "_ready")
+                 "complete", "started", "stopped", "_open", "_catching_up", "_ready", "_left",
+                 "_recheck")
 
     def __init__(
         self, group: str, forward: bool, envelope: bool, read: Reader, since: Position | None
@@ -93,11 +94,18 @@ class Tracker:
         self.started = False
         #: Whether the websocket left the group, or subscribed to it anew.
         self.stopped = False
+        # Whether the websocket takes messages: it is open.
+        self._open = False
         # Stands for the catch-up in progress: a newer one, giving up on
         # the gap, or stopping makes a catch-up's answer moot.
         self._catching_up: object | None = None
         # What start() read before the websocket was open, for release().
         self._ready: tuple[Position | None, History | None] | None = None
+        # Epochs left behind: their messages, still on their way, are older
+        # than any of the current epoch (an epoch never comes back).
+        self._left: tuple[str, ...] = ()
+        # The process's subscription came back while messages were held.
+        self._recheck = False
 
     def __repr__(self) -> str:
         return f"<Tracker {self.group} at {self.epoch}:{self.offset}>"
@@ -122,6 +130,13 @@ class Tracker:
         self._catching_up = None
         self._ready = None
 
+    def _move_to(self, epoch: str, offset: int) -> None:
+        # The position from which the messages go on.
+        current = self.epoch
+        if current is not None and current != epoch and current not in self._left:
+            self._left = (*self._left[-3:], current)
+        self.epoch, self.offset = epoch, offset
+
     def _take(self, websocket: Member, delivery: Delivery) -> None:
         if self.stopped:
             return
@@ -130,26 +145,30 @@ class Tracker:
             epoch, offset = position
             if epoch != self.epoch:
                 since = self.since
+                if epoch in self._left:
+                    return  # from before positions started over
                 if self.epoch is None and since is None:
                     # The history could not be read, and nothing was to
                     # recover: positions start here.
-                    self.epoch, self.offset = epoch, offset - 1
+                    self._move_to(epoch, offset - 1)
                     self._notify(websocket, "subscribed", Position(epoch, offset - 1), live=True)
                 elif self.epoch is None and since is not None and since.epoch == epoch:
                     # The history could not be read: from since on, what
                     # this message skips is read now.
-                    self.epoch, self.offset = since
+                    self._move_to(*since)
                 else:
                     # Positions started over: what came before in the old
                     # epoch is lost; the new one's may be in the history.
                     self._lost(websocket, Position(epoch, 0))
-                    self.epoch, self.offset = epoch, 0
+                    self._move_to(epoch, 0)
             if offset <= self.offset:
                 return  # delivered already
             if offset > self.offset + 1:
                 # Missed live: the history may have them.
                 self.held = [delivery]
-                gevent.spawn(self._fill, weakref.ref(websocket), Position(epoch, self.offset))
+                token = self._catching_up = object()
+                since = Position(epoch, self.offset)
+                gevent.spawn(self._fill, weakref.ref(websocket), since, token)
                 return
             self.offset = offset
         if self.forward:
@@ -163,16 +182,21 @@ class Tracker:
             "%d messages of %s waited for its history to be read: they are lost to %r",
             MAX_HELD, self.group, websocket,
         )
-        self.held = None
         self._catching_up = None
-        self._ready = None
         if not self.started:
             self.started, self.complete = True, False
         position = newest.position
         assert position is not None
         start = Position(position.epoch, position.offset - 1)
+        if not self._open:
+            # The client gets the loss, then the newest, once it is open.
+            self.held = [newest]
+            self._ready = (self.since or start, History([], False, start))
+            return
+        self.held = None
+        self._ready = None
         self._lost(websocket, start)
-        self.epoch, self.offset = start
+        self._move_to(*start)
         self._take(websocket, newest)
 
     def _lost(self, websocket: Member, position: Position) -> None:
@@ -186,7 +210,7 @@ class Tracker:
         if self.stopped or not self.envelope or (live and not self.forward):
             # A view that gets the messages sends them on when it reads
             # them: a notice about them would overtake them. Its client
-            # sees the epoch change instead.
+            # sees the positions skip, or their epoch change.
             return
         notice = envelopes.notice(kind, self.group, position)
         websocket.deliver_frame(encode_frame(OP_TEXT, notice.encode()))
@@ -202,43 +226,48 @@ class Tracker:
         websocket is open. Waits for the history.
 
         """
-        history = self._read(self.since)
-        if self.stopped or self.started:
-            return self.complete  # stopped, or given up (see _give_up), meanwhile
-        self.started = True
-        self.complete = _complete(self.since, history)
-        if self.since is not None:
-            if self.complete:
-                counters.recoveries += 1
-            else:
-                counters.recovery_losses += 1
-        if open:
-            self._apply(websocket, self.since, history, initial=True)
-        else:
-            self._ready = (self.since, history)
+        try:
+            history = self._read(self.since)
+        except BaseException:
+            # Killed, or timed out: the live messages go on, as after a
+            # read that failed.
+            history = None
+            raise
+        finally:
+            if not (self.stopped or self.started):
+                self.started = True
+                self.complete = _complete(self.since, history)
+                if self.since is not None:
+                    if self.complete:
+                        counters.recoveries += 1
+                    else:
+                        counters.recovery_losses += 1
+                self._ready = (self.since, history)
+            # (Or given up meanwhile, see _give_up: the loss is ready.)
+            if open and not self.stopped:
+                self.release(websocket)
         return self.complete
 
     def release(self, websocket: Member) -> None:
         """Deliver what :meth:`start` read before ``websocket`` was open, and what came since."""
+        self._open = True
         ready, self._ready = self._ready, None
         if ready is not None:
             self._apply(websocket, *ready, initial=True)
 
-    def catch_up(self, websocket: Member, since: Position) -> None:
+    def catch_up(self, websocket: Member, since: Position, token: object | None = None) -> None:
         """Deliver the messages after ``since`` that the history holds, then those held back."""
-        token = self._catching_up = object()
+        if token is None:
+            token = self._catching_up = object()
+        history = None
         try:
             history = self._read(since)
-        except BaseException:
-            if self._catching_up is token:
+        finally:
+            if self._catching_up is token and not self.stopped:
                 self._catching_up = None
-                self._apply(websocket, since, None)
-            raise
-        if self._catching_up is token:
-            self._catching_up = None
-            if not _complete(since, history):
-                counters.recovery_losses += 1
-            self._apply(websocket, since, history)
+                if history is not None and not _complete(since, history):
+                    counters.recovery_losses += 1
+                self._apply(websocket, since, history)
 
     def align(self, websocket: Member, last: Position) -> bool:
         """
@@ -255,14 +284,14 @@ class Tracker:
         if self.epoch is None:
             # The first read failed.
             if since is None:
-                self.epoch, self.offset = last
+                self._move_to(*last)
                 self._notify(websocket, "subscribed", last, live=True)
                 return False
             if since.epoch == last.epoch:
-                self.epoch, self.offset = since
+                self._move_to(*since)
         if last.epoch != self.epoch:
             self._lost(websocket, Position(last.epoch, 0))
-            self.epoch, self.offset = last.epoch, 0
+            self._move_to(last.epoch, 0)
         return last.offset > self.offset
 
     def catch_up_from(self, websocket: Member, history: History) -> None:
@@ -284,6 +313,12 @@ class Tracker:
                 self.held.append(delivery)  # another gap: wait for its catch-up
             else:
                 self._take(websocket, delivery)
+        if self._recheck and self.held is None and not self.stopped:
+            # The subscription came back while these were held: see what
+            # it missed, as resync() does.
+            self._recheck = False
+            self.held = []
+            gevent.spawn(_resync, [(weakref.ref(websocket), self)])
 
     def _read(self, since: Position | None) -> History | None:
         try:
@@ -307,25 +342,28 @@ class Tracker:
                 # A catch-up failed: the messages it was to fill are lost.
                 first = self.held[0].position
                 assert first is not None  # only messages with one are held
-                self._lost(websocket, Position(first.epoch, first.offset - 1))
-                self.epoch, self.offset = first.epoch, first.offset - 1
+                if first.epoch == self.epoch and first.offset > self.offset + 1:
+                    self._lost(websocket, Position(first.epoch, first.offset - 1))
+                    self._move_to(first.epoch, first.offset - 1)
         elif not _complete(since, history):
             self._notify(websocket, "lost", history.position, live)
-            self.epoch, self.offset = history.position
+            if history.position.epoch != self.epoch or history.position.offset > self.offset:
+                self._move_to(*history.position)
         else:
             start = since if since is not None else history.position
             if initial:
                 self._notify(websocket, "subscribed", start)
-            self.epoch, self.offset = start
+            if not (start.epoch == self.epoch and start.offset < self.offset):
+                self._move_to(*start)  # never back: what came since is delivered
             if since is not None:
                 for message in history.messages:
                     self._take(websocket, Delivery.of(message))
         self.release_held(websocket)
 
-    def _fill(self, ref: weakref.ref[Member], since: Position) -> None:
+    def _fill(self, ref: weakref.ref[Member], since: Position, token: object) -> None:
         websocket = ref()
-        if websocket is not None and not self.stopped:
-            self.catch_up(websocket, since)
+        if websocket is not None and self._catching_up is token and not self.stopped:
+            self.catch_up(websocket, since, token)
 
 
 def _complete(since: Position | None, history: History | None) -> bool:
@@ -344,14 +382,19 @@ def resync(group: str) -> None:
     a tracker read the history. The trackers hold the live messages back;
     one read of the group's last position tells which missed some, and one
     read of the history, from the earliest of them, catches them all up.
+    A tracker that holds messages already (catching up, or waiting for its
+    websocket to open) checks the same once it releases them.
 
     """
     trackers = []
     for websocket, receiver in registry.receivers(group):
-        if (isinstance(receiver, Tracker) and receiver.started and not receiver.stopped
-                and receiver.held is None):  # not catching up already
+        if not isinstance(receiver, Tracker) or receiver.stopped:
+            continue
+        if receiver.held is None:
             receiver.held = []
             trackers.append((weakref.ref(websocket), receiver))
+        else:
+            receiver._recheck = True
     if trackers:
         gevent.spawn(_resync, trackers)
 
@@ -359,6 +402,7 @@ def resync(group: str) -> None:
 def _resync(trackers: list[tuple[weakref.ref[Member], Tracker]]) -> None:
     found = [(websocket, tracker) for ref, tracker in trackers
              if (websocket := ref()) is not None]
+    caught_up: set[int] = set()
     try:
         reader = trackers[0][1]
         last = reader._read(None)
@@ -371,9 +415,14 @@ def _resync(trackers: list[tuple[weakref.ref[Member], Tracker]]) -> None:
             history = reader._read(Position(last.position.epoch, start))  # type: ignore[union-attr]
             if history is not None:
                 for websocket, tracker in behind:
-                    tracker.catch_up_from(websocket, history)
+                    caught_up.add(id(tracker))
+                    tracker.catch_up_from(websocket, history)  # releases what it held
     finally:
         # Those up to date, and all of them if Redis is away again (its
         # return calls resync() again).
         for websocket, tracker in found:
-            tracker.release_held(websocket)
+            if id(tracker) not in caught_up:
+                try:
+                    tracker.release_held(websocket)
+                except Exception:
+                    logger.exception("cannot deliver the messages of %s", tracker.group)
