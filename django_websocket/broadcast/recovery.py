@@ -17,14 +17,17 @@ held back that come after it, skipping those it already delivered:
   dropped, and its subscription missed them) starts the same catch-up from
   the last delivered, and so does the process's subscription coming back
   (:func:`resync`), for a group whose next message may be long in coming.
-  A message of another epoch (Redis restarted, or was flushed) is a loss:
-  positions started over.
+  A message of another epoch starts a catch-up too, as epochs have no
+  order: the history tells whether positions started over (Redis
+  restarted, or was flushed: the old epoch's last messages are lost, the
+  new one's are read) or the message is from an epoch already over, still
+  on its way (it is dropped, and so are the later ones of that epoch).
 
 A loss is never silent to the view that resumes: :meth:`Tracker.start`
 returns whether the history reached back to the position. A client that
 reads envelopes gets a ``"lost"`` notice for that loss and for the later
 ones (see :mod:`django_websocket.envelopes`); a view that reads the
-messages itself sees their epoch change.
+messages itself sees their positions skip, or their epoch change.
 
 This module knows no Django.
 
@@ -157,24 +160,33 @@ class Tracker:
                     # this message skips is read now.
                     self._move_to(*since)
                 else:
-                    # Positions started over: what came before in the old
-                    # epoch is lost; the new one's may be in the history.
-                    self._lost(websocket, Position(epoch, 0))
-                    self._move_to(epoch, 0)
+                    # Positions started over, or this message is from an
+                    # epoch already over, still on its way: the history
+                    # tells which (epochs are random: they have no order).
+                    self._fill_later(websocket, delivery, since or Position(*self._position()))
+                    return
             if offset <= self.offset:
                 return  # delivered already
             if offset > self.offset + 1:
                 # Missed live: the history may have them.
-                self.held = [delivery]
-                token = self._catching_up = object()
-                since = Position(epoch, self.offset)
-                gevent.spawn(self._fill, weakref.ref(websocket), since, token)
+                self._fill_later(websocket, delivery, Position(epoch, self.offset))
                 return
             self.offset = offset
         if self.forward:
             websocket.deliver_frame(delivery.enveloped() if self.envelope else delivery.frame())
         else:
             websocket.deliver_to_view(delivery.for_view(), len(delivery.payload))
+
+    def _position(self) -> tuple[str, int]:
+        assert self.epoch is not None
+        return self.epoch, self.offset
+
+    def _fill_later(self, websocket: Member, delivery: Delivery, since: Position) -> None:
+        # Hold the live messages from ``delivery`` on, and read the history
+        # after ``since``, in a greenlet (the writer's must not wait).
+        self.held = [delivery, *(self.held or ())]  # those held came after it
+        token = self._catching_up = object()
+        gevent.spawn(self._fill, weakref.ref(websocket), since, token)
 
     def _give_up(self, websocket: Member, newest: Delivery) -> None:
         # Too many live messages wait for a catch-up: forget them and it.
@@ -339,16 +351,29 @@ class Tracker:
         if history is None:
             # Unknown until the first live message (see _take), or:
             if self.epoch is not None and self.held:
-                # A catch-up failed: the messages it was to fill are lost.
+                # A catch-up failed: the messages it was to fill are lost,
+                # and the live ones tell where things stand.
                 first = self.held[0].position
                 assert first is not None  # only messages with one are held
-                if first.epoch == self.epoch and first.offset > self.offset + 1:
+                if first.epoch != self.epoch or first.offset > self.offset + 1:
                     self._lost(websocket, Position(first.epoch, first.offset - 1))
                     self._move_to(first.epoch, first.offset - 1)
         elif not _complete(since, history):
-            self._notify(websocket, "lost", history.position, live)
-            if history.position.epoch != self.epoch or history.position.offset > self.offset:
-                self._move_to(*history.position)
+            last = history.position
+            held = history.messages
+            head = held[0].position if held else None
+            if since is not None and since.epoch != last.epoch and (
+                    head is not None and head.offset == 1 or last.offset == 0):
+                # Positions started over, and the history holds the new
+                # epoch whole: only the old one's last messages are lost.
+                self._notify(websocket, "lost", Position(last.epoch, 0), live)
+                self._move_to(last.epoch, 0)
+                for message in held:
+                    self._take(websocket, Delivery.of(message))
+            else:
+                self._notify(websocket, "lost", last, live)
+                if last.epoch != self.epoch or last.offset > self.offset:
+                    self._move_to(*last)
         else:
             start = since if since is not None else history.position
             if initial:
@@ -358,6 +383,11 @@ class Tracker:
             if since is not None:
                 for message in history.messages:
                     self._take(websocket, Delivery.of(message))
+        if history is not None and self.held:
+            # The history tells the epoch: messages of another are from one
+            # already over, or come again once it is read.
+            self.held = [delivery for delivery in self.held
+                         if delivery.position is None or delivery.position.epoch == self.epoch]
         self.release_held(websocket)
 
     def _fill(self, ref: weakref.ref[Member], since: Position, token: object) -> None:
