@@ -163,7 +163,8 @@ class Tracker:
                     # Positions started over, or this message is from an
                     # epoch already over, still on its way: the history
                     # tells which (epochs are random: they have no order).
-                    self._fill_later(websocket, delivery, since or Position(*self._position()))
+                    start = since if self.epoch is None else Position(self.epoch, self.offset)
+                    self._fill_later(websocket, delivery, start)  # type: ignore[arg-type]
                     return
             if offset <= self.offset:
                 return  # delivered already
@@ -176,10 +177,6 @@ class Tracker:
             websocket.deliver_frame(delivery.enveloped() if self.envelope else delivery.frame())
         else:
             websocket.deliver_to_view(delivery.for_view(), len(delivery.payload))
-
-    def _position(self) -> tuple[str, int]:
-        assert self.epoch is not None
-        return self.epoch, self.offset
 
     def _fill_later(self, websocket: Member, delivery: Delivery, since: Position) -> None:
         # Hold the live messages from ``delivery`` on, and read the history
