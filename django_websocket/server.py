@@ -210,16 +210,21 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         self._orig_status = None
         self.headers = _EnvironHeaders({})
         self.response_headers = []
-        _waiting_for_request.add(self)
-        try:
-            with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
-                line: str = super().read_requestline()
-                if line == "\r\n" or line == "\n":
-                    # RFC 9112 section 2.2: an empty line before a request is ignored.
-                    line = super().read_requestline()
-                return line
-        finally:
-            _waiting_for_request.discard(self)
+        with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
+            # Idle until the request's first bytes are in: only then may a
+            # stop end the connection (see stop_waiting_for_requests), never
+            # once some bytes of the request were read.
+            _waiting_for_request.add(self)
+            try:
+                self.rfile.peek(1)
+            finally:
+                _waiting_for_request.discard(self)
+        with gevent.Timeout(settings.HANDSHAKE_TIMEOUT, _HeaderTimeout):
+            line: str = super().read_requestline()
+            if line == "\r\n" or line == "\n":
+                # RFC 9112 section 2.2: an empty line before a request is ignored.
+                line = super().read_requestline()
+            return line
 
     def read_request(self, raw_requestline: str) -> bool:
         # pywsgi answers a ValueError with 400 Bad Request.
@@ -444,6 +449,13 @@ def stop_waiting_for_requests() -> None:
     """
     global _stopping
     _stopping = True
+    # A signal handler runs between any two bytecodes of the greenlet it
+    # interrupts, maybe a handler's that has just read its request's first
+    # bytes: it must not judge the connections there, but in a greenlet.
+    gevent.spawn(_end_idle_connections)
+
+
+def _end_idle_connections() -> None:
     for handler in _idle(list(_waiting_for_request)):
         try:
             # The blocked read returns nothing: the handler ends.
