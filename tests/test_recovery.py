@@ -736,3 +736,20 @@ def test_whatever_happens_each_message_once_in_order_and_no_silent_gap(since, st
         assert delivered and delivered[-1] == final.published[-1].position
         assert by_epoch[final.epoch][0] == first
     assert len(reads) <= 4 * len(steps) + 4  # nothing spins
+
+
+def test_large_messages_held_back_give_up_by_their_bytes():
+    from django_websocket.broadcast.recovery import CHECK_BYTES_EVERY, MAX_HELD_BYTES
+
+    stream, member = Stream(), Member()
+    tracker = Tracker("g", False, False, stream.read, None)
+    tracker.start(member)
+    big = b"x" * (MAX_HELD_BYTES // CHECK_BYTES_EVERY)
+    stream.publish()  # missed live: what follows waits for the catch-up
+    for n in range(2, 2 * CHECK_BYTES_EVERY + 3):
+        tracker.receive(member, Delivery("g", OP_BINARY, big, big, Position("e", n)))
+    # It gave up once CHECK_BYTES_EVERY of them held MAX_HELD_BYTES (e:2 to
+    # e:65), far below MAX_HELD messages, and went on from the next.
+    assert tracker.held is None
+    delivered = [m.position.offset for m in member.messages]
+    assert delivered == list(range(CHECK_BYTES_EVERY + 2, 2 * CHECK_BYTES_EVERY + 3))

@@ -49,13 +49,16 @@ from ..protocol import OP_TEXT, encode_frame
 from .base import Delivery, Member, registry
 from .positions import History, Position
 
-__all__ = ["Tracker", "resync", "MAX_HELD"]
+__all__ = ["Tracker", "resync", "MAX_HELD", "MAX_HELD_BYTES"]
 
 logger = logging.getLogger(__name__)
 
-#: Live messages a tracker holds back while it catches up, at most: beyond,
+#: Live messages a tracker holds back while it catches up, at most, and
+#: their bytes (checked every :data:`CHECK_BYTES_EVERY` messages): beyond,
 #: it gives up on the gap, reports a loss and delivers from the newest on.
 MAX_HELD = 10_000
+MAX_HELD_BYTES = 16 * 1024 * 1024
+CHECK_BYTES_EVERY = 64
 
 #: What reads a group's history: ``read(since)`` with ``since`` a position,
 #: or :obj:`None` for just the group's last position.
@@ -121,7 +124,8 @@ class Tracker:
         if held is None or delivery.position is None:
             # Not from the history (a presence event) has no turn to wait for.
             self._take(websocket, delivery)
-        elif len(held) < MAX_HELD:
+        elif len(held) < MAX_HELD and (
+                len(held) % CHECK_BYTES_EVERY or _size(held) < MAX_HELD_BYTES):
             held.append(delivery)
         else:
             self._give_up(websocket, delivery)
@@ -189,7 +193,7 @@ class Tracker:
         # Too many live messages wait for a catch-up: forget them and it.
         logger.warning(
             "%d messages of %s waited for its history to be read: they are lost to %r",
-            MAX_HELD, self.group, websocket,
+            len(self.held or ()), self.group, websocket,
         )
         self._catching_up = None
         if not self.started:
@@ -391,6 +395,11 @@ class Tracker:
         websocket = ref()
         if websocket is not None and self._catching_up is token and not self.stopped:
             self.catch_up(websocket, since, token)
+
+
+def _size(held: list[Delivery]) -> int:
+    """Return the bytes of the messages ``held``."""
+    return sum(len(delivery.payload) for delivery in held)
 
 
 def _complete(since: Position | None, history: History | None) -> bool:
