@@ -465,3 +465,39 @@ def connect(server: Server, path: str, **kwargs):
     kwargs.setdefault("open_timeout", TIMEOUT)
     kwargs.setdefault("close_timeout", TIMEOUT)
     return websockets_connect(server.ws_url(path), proxy=None, **kwargs)
+
+
+def connect_to_every_worker(server: Server, stack, workers: int) -> list[tuple[str, object]]:
+    """
+    Open websockets to ``/pid/`` until each of ``workers`` processes serves one.
+
+    Returns the ``(pid, websocket)`` of every websocket opened, in order.
+
+    The kernel hands a connection to whichever worker accepts first, often
+    the same one many times over, or the only one booted yet. So the
+    workers already reached are blocked while the next connection is made,
+    and that is tried again (a block can end before a booting worker is
+    ready) until a deadline. ``stack`` closes every websocket opened.
+
+    """
+    opened: list[tuple[str, object]] = []
+    reached: dict[str, object] = {}
+    deadline = time.monotonic() + 6 * TIMEOUT
+    while len(reached) < workers:
+        assert time.monotonic() < deadline, f"only workers {sorted(reached)} served websockets"
+        for websocket in reached.values():
+            websocket.send(f"block {TIMEOUT / 5}")
+            assert websocket.recv(TIMEOUT) == "blocking"
+        websocket = stack.enter_context(connect(server, "/pid/"))
+        pid = websocket.recv(2 * TIMEOUT)
+        for blocked in reached.values():
+            assert blocked.recv(TIMEOUT) == "awake"
+        opened.append((pid, websocket))
+        reached.setdefault(pid, websocket)
+    return opened
+
+
+def worker_pids(server: Server) -> set[int]:
+    """The pids of the server's worker processes (gunicorn's master's children)."""
+    pid = server.process.pid
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}

@@ -127,14 +127,11 @@ def test_prometheus_adds_up_every_worker(tmp_path):
     env = servers.server_env(PROMETHEUS_MULTIPROC_DIR=str(directory))
     server = start_gunicorn(tmp_path / "server.log", "--workers", "2", env=env)
     try:
-        # Open websockets until both workers hold some, each one echoing.
+        # Both workers hold websockets, then some echo.
         with ExitStack() as stack:
-            pids = []
-            while len(set(pids)) < 2 and len(pids) < 50:
-                ws = stack.enter_context(connect(server, "/pid/"))
-                pids.append(ws.recv(TIMEOUT))
-            assert len(set(pids)) == 2, "both workers serve websockets"
-            opened = len(pids)
+            opened = servers.connect_to_every_worker(server, stack, 2)
+            # Each websocket opened was preceded by a "block" sent to each worker reached.
+            blocks = sum(len({pid for pid, _ in opened[:index]}) for index in range(len(opened)))
             for number in range(8):
                 with connect(server, "/echo/") as ws:
                     ws.send(f"message {number}")
@@ -142,10 +139,10 @@ def test_prometheus_adds_up_every_worker(tmp_path):
         refused = raw_request(server, upgrade_request("/refuse/", server.host))
         assert refused.status == 403
         expected = {
-            'django_websocket_handshakes_total{status="101"}': float(opened + 8),
+            'django_websocket_handshakes_total{status="101"}': float(len(opened) + 8),
             'django_websocket_handshakes_total{status="403"}': 1.0,
-            "django_websocket_messages_received_total": 8.0,
-            'django_websocket_closes_total{code="1000"}': float(opened + 8),
+            "django_websocket_messages_received_total": float(blocks + 8),
+            'django_websocket_closes_total{code="1000"}': float(len(opened) + 8),
         }
 
         def counted():

@@ -141,12 +141,6 @@ def publishing(redis: Redis):
     )
 
 
-def worker_pids(server: servers.Server) -> set[int]:
-    """The pids of gunicorn's workers."""
-    pid = server.process.pid
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:12]}"
 
@@ -379,7 +373,7 @@ def test_resume_across_a_restart_of_every_worker(machines, redis, follower, tmp_
             assert client.connect(server)[0], client
         for client in clients:
             client.read_until(lambda: len(client.messages) >= RATE // 2)
-        old = [worker_pids(server) for server in machines]
+        old = [servers.worker_pids(server) for server in machines]
         for server in machines:
             os.kill(server.process.pid, signal.SIGHUP)
         for client, server, pids in zip(clients, machines, old):
@@ -392,8 +386,8 @@ def test_resume_across_a_restart_of_every_worker(machines, redis, follower, tmp_
             resumed = client.notices[client.connected_at]
             assert resumed == {"type": "subscribed", "group": group, "position": last}
         for server, pids in zip(machines, old):
-            assert poll(lambda: not worker_pids(server) & pids), "an old worker is still up"
-            assert poll(lambda: len(worker_pids(server)) == 2), worker_pids(server)
+            assert poll(lambda: not servers.worker_pids(server) & pids), "an old worker is still up"
+            assert poll(lambda: len(servers.worker_pids(server)) == 2), servers.worker_pids(server)
         assert publisher.server.process.poll() is None, "the publisher ended too soon"
         published = publisher.finish()
         for client in clients:

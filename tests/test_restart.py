@@ -14,14 +14,22 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from django_websocket.worker import _restart_window
 
-from .servers import TIMEOUT, connect, poll, server_env, start_gunicorn, upgrade_request
+from .servers import (
+    TIMEOUT,
+    connect,
+    connect_to_every_worker,
+    poll,
+    server_env,
+    start_gunicorn,
+    upgrade_request,
+    worker_pids,
+)
 
 # The restart window of these tests, and the time each bound allows for
 # signal delivery and the scheduler of a shared machine.
@@ -38,11 +46,14 @@ class Watcher(threading.Thread):
 
     """
 
-    def __init__(self, server, clients, reconnect=False):
+    def __init__(self, server, clients, reconnect=False, opened=None):
         super().__init__(daemon=True)
         self.server = server
-        self.ws = clients.enter_context(connect(server, "/pid/"))
-        self.pid = int(self.ws.recv(TIMEOUT))
+        if opened is None:
+            self.ws = clients.enter_context(connect(server, "/pid/"))
+            self.pid = int(self.ws.recv(TIMEOUT))
+        else:
+            self.pid, self.ws = int(opened[0]), opened[1]
         self.reconnect = reconnect
         self.closed_at: float | None = None
         self.close: tuple[int, str] | None = None
@@ -84,18 +95,11 @@ class Watcher(threading.Thread):
             time.sleep(TIMEOUT / 50)
 
 
-def worker_pids(server):
-    """The pids of gunicorn's workers."""
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return {int(pid) for pid in children.read_text().split()}
-
-
 def watch_every_worker(server, clients, count, reconnect=False):
-    """Open ``count`` watchers, more if need be until every worker serves one; start them."""
-    workers = worker_pids(server)
-    watchers = []
-    while len(watchers) < count or {w.pid for w in watchers} != workers:
-        assert len(watchers) < 10 * count, f"a worker served none of {len(watchers)} websockets"
+    """Open ``count`` watchers or more, at least one on each of the two workers; start them."""
+    opened = connect_to_every_worker(server, clients, 2)
+    watchers = [Watcher(server, clients, reconnect, websocket) for websocket in opened]
+    while len(watchers) < count:
         watchers.append(Watcher(server, clients, reconnect))
     for watcher in watchers:
         watcher.start()

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import gevent
+import gevent.monkey
 from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
@@ -254,9 +255,20 @@ def accept_later(request):
 
 @require_websocket
 def pid(request):
-    """Tell which worker process serves the websocket; wait for the client to close."""
+    """
+    Tell which worker process serves the websocket, then wait for the client to close.
+
+    On ``block <seconds>``, say ``blocking``, block the whole process (no
+    greenlet runs, no connection is accepted), then say ``awake``.
+
+    """
     request.websocket.send(str(os.getpid()))
-    request.websocket.wait()
+    for message in request.websocket:
+        verb, _, seconds = message.partition(" ")
+        if verb == "block":
+            request.websocket.send("blocking")
+            gevent.monkey.get_original("time", "sleep")(float(seconds))
+            request.websocket.send("awake")
 
 
 @require_websocket
