@@ -2,8 +2,9 @@
 Settings for the servers of the broadcast tests.
 
 The server settings plus the broadcast views; with ``WEBSOCKET_TEST_REDIS_URL``
-set, the Redis backend at that URL, with short reconnection delays; with
-``WEBSOCKET_TEST_HISTORY`` set, that JSON as ``WEBSOCKET_HISTORY``.
+set, the Redis backend at that URL, with short reconnection delays (and
+classic pub/sub on a cluster if ``WEBSOCKET_TEST_REDIS_SHARDED`` is ``0``);
+with ``WEBSOCKET_TEST_HISTORY`` set, that JSON as ``WEBSOCKET_HISTORY``.
 
 """
 
@@ -23,6 +24,7 @@ if os.environ.get("WEBSOCKET_TEST_REDIS_URL"):
             "PREFIX": os.environ.get("WEBSOCKET_TEST_REDIS_PREFIX", "tests:"),
             "RECONNECT_MIN_DELAY": 0.05,
             "RECONNECT_MAX_DELAY": 0.5,
+            "SHARDED": os.environ.get("WEBSOCKET_TEST_REDIS_SHARDED", "1") == "1",
         },
     }
 

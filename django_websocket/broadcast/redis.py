@@ -83,6 +83,7 @@ OPTIONS = {
     "CONNECTION_COUNT_TTL": 30.0,
     "CLIENT_KWARGS": {},
     "SENTINEL_KWARGS": {},
+    "SHARDED": True,
 }
 
 _SCHEMES = {
@@ -125,6 +126,14 @@ _IDLE_TIME = 30.0
 
 # Channels the listener warns about once each, at most.
 _MAX_IGNORED = 100
+
+# Seconds without a failed publish after which an outage is over, for the logs.
+_PUBLISH_QUIET = 5.0
+
+# With sharded pub/sub, seconds between two readings of the cluster's map of
+# slots while a node is down or a channel moved: the delay, at most, between
+# a failover and the groups' subscribing again to their new master.
+_REROUTE_INTERVAL = 1.0
 
 
 class _Connection(Protocol):
@@ -184,6 +193,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ImproperlyConfigured(
             "WEBSOCKET_BROADCAST['OPTIONS']['RECONNECT_MAX_DELAY'] must not be below "
             "RECONNECT_MIN_DELAY."
+        )
+    if not isinstance(values["SHARDED"], bool):
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_BROADCAST['OPTIONS']['SHARDED'] must be True or False; "
+            f"got {values['SHARDED']!r}."
         )
     for name in ("CLIENT_KWARGS", "SENTINEL_KWARGS"):
         if not isinstance(values[name], dict):
@@ -319,6 +333,13 @@ class RedisBackend(BaseBackend):
       such as ``{"ssl_ca_certs": "/path/to/ca.pem"}``.
     * ``SENTINEL_KWARGS`` (``{}``): arguments for connections to the
       sentinels, such as ``{"password": "…"}``.
+    * ``SHARDED`` (``True``): with Redis Cluster, use sharded pub/sub
+      (``SPUBLISH``/``SSUBSCRIBE``, Redis 7.0 or later): each group's
+      messages go through the node that owns its channel's slot only, so
+      that more nodes carry more messages. Set it to ``False`` for a
+      cluster of Redis 6, whose ``PUBLISH`` every node copies to every
+      other. Every process of a site must agree; other deployments ignore
+      it.
 
     Creating the backend imports redis-py and checks the configuration, but
     connects to nothing.
@@ -338,14 +359,17 @@ class RedisBackend(BaseBackend):
         )
         self.max_connections: int = options["MAX_CONNECTIONS"]
         self.connection_count_ttl: float = options["CONNECTION_COUNT_TTL"]
+        #: Whether groups use sharded pub/sub (a Redis Cluster only).
+        self.sharded: bool = self.kind == "cluster" and options["SHARDED"]
         self._counts: RedisConnectionCounts | None = None
         self._presence: RedisPresence | None = None
         #: The location without its password, for logs.
         self.display = _without_password(location)
         self._publisher: _Publisher | RedisCluster | None = None
         self._publisher_pid: int | None = None
-        self._publish_failing = False
-        self._subscriber: _Subscriber | None = None
+        # When publishing last failed, while an outage is logged as ongoing.
+        self._publish_failed_at: float | None = None
+        self._subscriber: _Subscriber | _ShardedSubscriber | None = None
         if self.kind != "cluster":
             # Check the arguments for redis-py now rather than on first use:
             # this builds a connection without connecting it (a cluster
@@ -374,10 +398,10 @@ class RedisBackend(BaseBackend):
         channel = self.prefix + group
         keys = redis_history.history_keys(channel)
         args = redis_history.publish_args(channel, wire.encode(message), size, ttl)
-        answer = self._run(redis_history.PUBLISH, keys, args)
-        if self._publish_failing:
-            self._publish_failing = False
-            logger.warning("publishing to Redis at %s works again", self.display)
+        script = redis_history.SPUBLISH if self.sharded else redis_history.PUBLISH
+        answer = self._run(script, keys, args)
+        if self._publish_failed_at is not None:
+            self._published_again()
         return redis_history.parse_publish(answer)
 
     def history(
@@ -400,7 +424,7 @@ class RedisBackend(BaseBackend):
             # A message is stored once: never sent again once Redis may have
             # run the script. The publisher appends the server's run_id.
             execute = functools.partial(
-                publisher.execute, once=script is redis_history.PUBLISH, run_id=True
+                publisher.execute, once=script is not redis_history.READ, run_id=True
             )
         else:
             # redis-py's connections: the script asks for the run_id itself.
@@ -441,8 +465,8 @@ class RedisBackend(BaseBackend):
         # back from Redis.
         subscriber = self._subscriber
         if local and subscriber is not None and subscriber.pid == os.getpid():
-            subscriptions = subscriber.subscriptions
-            echoes = subscriptions.expect_echo(group, data)
+            subscriptions = subscriber.subscriptions_for(group)
+            echoes = subscriptions.expect_echo(group, data) if subscriptions else None
             if echoes is not None:
                 if isinstance(message, tuple):
                     registry.close_members(group, *message)
@@ -452,29 +476,50 @@ class RedisBackend(BaseBackend):
             echoes = None
         sent = False
         try:
-            self._get_publisher().publish(self.prefix + group, data)
+            publisher = self._get_publisher()
+            if isinstance(publisher, _Publisher) or not self.sharded:
+                publisher.publish(self.prefix + group, data)
+            else:
+                # redis-py's execute_command() has no annotations.
+                publisher.execute_command(  # type: ignore[no-untyped-call]
+                    "SPUBLISH", self.prefix + group, data
+                )
             sent = True
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise self._publish_error(exc) from exc
         finally:
-            if echoes is not None and not sent:
+            if echoes is not None and subscriptions is not None and not sent:
                 # Redis may not have it: await no echo, lest the same message
                 # published next elsewhere be skipped. (If Redis stalled and
                 # then ran the PUBLISH, the echo comes after all, and the
                 # websockets of this process get the message twice.)
                 subscriptions.skip_echo(echoes, data)
-        if self._publish_failing:
-            self._publish_failing = False
+        if self._publish_failed_at is not None:
+            self._published_again()
+
+    def _published_again(self) -> None:
+        # A cluster with a master down fails some groups and serves the
+        # others: the outage ends after _PUBLISH_QUIET s without a failure.
+        failed_at = self._publish_failed_at
+        if failed_at is not None and time.monotonic() - failed_at >= _PUBLISH_QUIET:
+            self._publish_failed_at = None
             logger.warning("publishing to Redis at %s works again", self.display)
 
     def _publish_error(self, exc: Exception) -> BroadcastError:
         """Log the first failure of an outage; return the exception for publish() to raise."""
-        if not self._publish_failing:
-            self._publish_failing = True
+        text = str(exc).lower()
+        # Redis 6's answer, or redis-py's when Redis's COMMAND lacks SPUBLISH.
+        if self.sharded and ("unknown command" in text or "doesn't exist" in text):
+            return BroadcastError(
+                f"Redis at {self.display} has no sharded pub/sub (Redis 7.0 or later): {exc}; "
+                "set WEBSOCKET_BROADCAST['OPTIONS']['SHARDED'] to False for an older cluster"
+            )
+        if self._publish_failed_at is None:
             logger.warning(
                 "cannot publish to Redis at %s: %s; publish() raises BroadcastError "
                 "until Redis is back", self.display, exc,
             )
+        self._publish_failed_at = time.monotonic()
         return BroadcastError(f"cannot publish to Redis at {self.display}: {exc}")
 
     def _get_publisher(self) -> _Publisher | RedisCluster:
@@ -637,7 +682,9 @@ class RedisBackend(BaseBackend):
         subscriber = self._subscriber
         if subscriber is None or subscriber.pid != os.getpid():
             # First use in this process, or the first after a fork.
-            subscriber = self._subscriber = _Subscriber(self)
+            subscriber = self._subscriber = (
+                _ShardedSubscriber(self) if self.sharded else _Subscriber(self)
+            )
         subscriber.subscribe(group)
 
     def unsubscribe(self, group: str) -> None:
@@ -913,9 +960,22 @@ class _Publisher:
             connection.disconnect()
 
 
+def _check_patched() -> None:
+    if not gevent.monkey.is_module_patched("socket"):
+        logger.warning(
+            "the Redis broadcast backend needs gevent's monkey-patching to listen in "
+            "this process: without it, its listener blocks every greenlet"
+        )
+
+
 class _Subscriber:
     """
     One process's subscriber connection, its listener, and the greenlet that writes commands.
+
+    With sharded pub/sub, one of these listens to each node of the cluster
+    that owns the slot of a group of the process, for those groups only,
+    and tells its :class:`_ShardedSubscriber` when the node may have
+    failed over or given slots away.
 
     Only the listener reads from the connection and replaces it; only the
     commander writes to it. Which groups to subscribe to or unsubscribe
@@ -927,8 +987,23 @@ class _Subscriber:
 
     """
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(
+        self, backend: RedisBackend, shards: _ShardedSubscriber | None = None, node: str = ""
+    ) -> None:
         self.backend = backend
+        #: With sharded pub/sub, the subscriber of the whole cluster that
+        #: this one serves, and the node (``host:port``) it listens to.
+        self.shards = shards
+        self.node = node
+        if shards is None:
+            self.verbs = ("SUBSCRIBE", "UNSUBSCRIBE")
+            self.kinds = (b"message", b"subscribe", b"unsubscribe")
+            self.where = backend.display
+            _check_patched()
+        else:
+            self.verbs = ("SSUBSCRIBE", "SUNSUBSCRIBE")
+            self.kinds = (b"smessage", b"ssubscribe", b"sunsubscribe")
+            self.where = f"{backend.display} (node {node})"
         self.pid = os.getpid()
         self.state = CONNECTING
         self.connection: _Connection | None = None
@@ -939,19 +1014,18 @@ class _Subscriber:
         self.outage_since: float | None = None
         self.failures = 0  # attempts to connect since the connection last worked
         self.ignored: set[bytes] = set()
-        if not gevent.monkey.is_module_patched("socket"):
-            logger.warning(
-                "the Redis broadcast backend needs gevent's monkey-patching to listen in "
-                "this process: without it, its listener blocks every greenlet"
-            )
         self.listener = gevent.spawn(self._supervise, "listener", self._listen)
         self.commander = gevent.spawn(self._supervise, "commander", self._command)
 
-    def subscribe(self, group: str) -> None:
+    def subscriptions_for(self, group: str) -> Subscriptions:
+        """Return the subscriptions that await the echoes of ``group``."""
+        return self.subscriptions
+
+    def subscribe(self, group: str, wait: bool = True) -> None:
         if self.subscriptions.want(group):
             return  # Redis sends the group's messages already
         self.wakeup.set()
-        if self.state is DOWN:
+        if self.state is DOWN or not wait:
             return  # subscribed to when Redis is back
         # Wait until Redis has it, so that a message published next reaches
         # the new member; but not for long.
@@ -1012,11 +1086,17 @@ class _Subscriber:
             if connection is None or self.state is not CONNECTED:
                 continue  # the listener subscribes to everything once connected
             join, leave = self.subscriptions.commands()
-            commands = []
-            if join:
-                commands.append(("SUBSCRIBE", *[prefix + group for group in join]))
-            if leave:
-                commands.append(("UNSUBSCRIBE", *[prefix + group for group in leave]))
+            commands: list[tuple[str, ...]] = []
+            subscribe, unsubscribe = self.verbs
+            if self.shards is not None:
+                # The channels of one SSUBSCRIBE must share a slot.
+                commands += [(subscribe, prefix + group) for group in join]
+                commands += [(unsubscribe, prefix + group) for group in leave]
+            else:
+                if join:
+                    commands.append((subscribe, *[prefix + group for group in join]))
+                if leave:
+                    commands.append((unsubscribe, *[prefix + group for group in leave]))
             if self.ping:
                 self.ping = False
                 commands.append(("PING",))
@@ -1038,7 +1118,10 @@ class _Subscriber:
         while True:
             connection = None
             try:
-                connection = backend._subscriber_connection()
+                if self.shards is None:
+                    connection = backend._subscriber_connection()
+                else:
+                    connection = self.shards.connection_to(self.node)
                 connection.connect()
                 self._connected(connection)
                 self._read(connection)
@@ -1060,7 +1143,7 @@ class _Subscriber:
         """Make ``connection`` the current one: it subscribes to every group of this process."""
         # The PING's answer tells that it works.
         subscriptions = self.subscriptions
-        groups = set(registry.groups())
+        groups = set(registry.groups()) if self.shards is None else self.shards.groups_of(self)
         for group in subscriptions.wanted - groups:
             # Their members were garbage-collected without leaving.
             subscriptions.unwant(group)
@@ -1079,7 +1162,7 @@ class _Subscriber:
             counters.redis_reconnects += 1
             logger.warning(
                 "reconnected to Redis at %s after %.1f s; subscribed again to every group",
-                self.backend.display, time.monotonic() - self.outage_since,
+                self.where, time.monotonic() - self.outage_since,
             )
             self.outage_since = None
 
@@ -1091,15 +1174,23 @@ class _Subscriber:
         self._release_waiters()
         if connection is not None:
             connection.disconnect()
+        if self.shards is not None:
+            # The node may have failed over, or given its slots away.
+            self.shards.stale()
         if self.outage_since is None:
             self.outage_since = time.monotonic()
             what = "lost the connection to" if was is CONNECTED else "cannot connect to"
+            if self.shards is not None and "unknown command" in str(exc).lower():
+                exc = ImproperlyConfigured(
+                    f"{exc}: set WEBSOCKET_BROADCAST['OPTIONS']['SHARDED'] to False for a "
+                    "cluster before Redis 7.0"
+                )
             logger.warning(
                 "%s Redis at %s: %s; open websockets stay open, group messages are lost "
-                "until it is back; reconnecting", what, self.backend.display, exc,
+                "until it is back; reconnecting", what, self.where, exc,
             )
         else:
-            logger.debug("cannot connect to Redis at %s: %s", self.backend.display, exc)
+            logger.debug("cannot connect to Redis at %s: %s", self.where, exc)
 
     def _read(self, connection: _Connection) -> None:
         """Read messages and replies until the connection fails; hand messages to the registry."""
@@ -1112,6 +1203,7 @@ class _Subscriber:
         skip_echo = subscriptions.skip_echo
         messages = size = 0  # handed out since the listener last yielded
         working = False
+        message_kind, subscribe_kind, unsubscribe_kind = self.kinds
         while True:
             if not connection.can_read(timeout=interval):
                 # Silence: make sure Redis is still there.
@@ -1124,7 +1216,7 @@ class _Subscriber:
                 working = True
                 self._working()
             kind = response[0]
-            if kind == b"message":
+            if kind == message_kind:
                 channel, data = response[1], response[2]
                 opcode = wire.kind(data)
                 if opcode is None or not channel.startswith(prefix):
@@ -1170,7 +1262,7 @@ class _Subscriber:
                     # their send queues fill up.
                     messages = size = 0
                     gevent.sleep(0)
-            elif kind == b"subscribe":
+            elif kind == subscribe_kind:
                 group = response[1][skip:].decode()
                 if subscriptions.subscribed(group):
                     self.wakeup.set()
@@ -1180,8 +1272,13 @@ class _Subscriber:
                 # Messages may have been missed meanwhile: the websockets
                 # that follow positions read them from the history.
                 recovery.resync(group)
-            elif kind == b"unsubscribe" and subscriptions.unsubscribed(response[1][skip:].decode()):
-                self.wakeup.set()
+            elif kind == unsubscribe_kind:
+                if subscriptions.unsubscribed(response[1][skip:].decode()):
+                    self.wakeup.set()
+                    if self.shards is not None:
+                        # A node unsubscribes by itself from the channels of
+                        # the slots it no longer owns.
+                        self.shards.stale()
 
     def _close_members(self, channel: bytes, group: str, data: bytes) -> None:
         # A request of close_group(), disconnect_user() or a session's end.
@@ -1203,3 +1300,158 @@ class _Subscriber:
             logger.warning("ignored a message on the Redis channel %r: %s", channel, why)
         else:
             logger.debug("ignored a message on the Redis channel %r: %s", channel, why)
+
+
+class _ShardedSubscriber:
+    """
+    A process's subscribers to a Redis Cluster with sharded pub/sub: one per node with its groups.
+
+    A group's channel lives on the master that owns its hash slot: a
+    :class:`_Subscriber` for that node (a *shard*) subscribes to it with
+    ``SSUBSCRIBE``. When a shard loses its node, or the node drops channels
+    whose slots moved away, the map of slots is read again and each group
+    moves to the shard of its new master; meanwhile, and while a shard
+    stays down, the map is read every :data:`_REROUTE_INTERVAL` seconds. So
+    a failover is healed within that interval of the cluster's electing a
+    new master. A shard with no group left is closed at the next check.
+
+    """
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.pid = os.getpid()
+        self.shards: dict[str, _Subscriber] = {}  # by node, "host:port"
+        self.routes: dict[str, _Subscriber] = {}  # the shard of each group
+        self.unrouted: set[str] = set()  # groups whose node is unknown yet
+        self.cluster: RedisCluster | None = None
+        self.changed = Event()
+        _check_patched()
+        self.rerouter = gevent.spawn(self._reroute_forever)
+
+    def subscriptions_for(self, group: str) -> Subscriptions | None:
+        """Return the subscriptions of the shard that gets ``group``, if any."""
+        shard = self.routes.get(group)
+        return shard.subscriptions if shard is not None else None
+
+    def subscribe(self, group: str) -> None:
+        shard = self.routes.get(group)
+        if shard is None:
+            node = self._node_of(group)
+            if node is None:
+                # The cluster cannot say now: the rerouter tries again.
+                self.unrouted.add(group)
+                self.stale()
+                return
+            shard = self._route(group, node)
+        shard.subscribe(group)
+
+    def unsubscribe(self, group: str) -> None:
+        self.unrouted.discard(group)
+        shard = self.routes.pop(group, None)
+        if shard is not None:
+            shard.unsubscribe(group)
+
+    def groups_of(self, shard: _Subscriber) -> set[str]:
+        """Return the groups with members in this process that ``shard`` subscribes to."""
+        return {group for group in registry.groups() if self.routes.get(group) is shard}
+
+    def stale(self) -> None:
+        """The map of slots may be out of date: read it again soon."""
+        self.changed.set()
+
+    def connection_to(self, node: str) -> _Connection:
+        """Return a new, unconnected connection to ``node`` for a shard."""
+        cluster = self._cluster()
+        host, _, port = node.rpartition(":")
+        # redis-py's get_node() has no annotations.
+        found = cluster.get_node(host, int(port))  # type: ignore[no-untyped-call]
+        if found is None:
+            raise redis.ConnectionError(f"{node} is no longer a node of the cluster")
+        pool = cluster.get_redis_connection(found).connection_pool
+        return cast(_Connection, pool.make_connection())
+
+    def close(self) -> None:
+        self.rerouter.kill(block=False)
+        shards, self.shards = self.shards, {}
+        self.routes = {}
+        for shard in shards.values():
+            shard.close()
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            cluster.close()
+
+    def _cluster(self) -> RedisCluster:
+        """Return the client that knows the map of slots; creating it connects."""
+        if self.cluster is None:
+            backend = self.backend
+            kwargs = backend._client_kwargs(subscriber=True)
+            self.cluster = cast("RedisCluster", backend._make_client(kwargs, Retry(NoBackoff(), 0)))
+        return self.cluster
+
+    def _node_of(self, group: str) -> str | None:
+        """Return the master that owns ``group``'s channel, or None if the cluster cannot say."""
+        try:
+            # redis-py's get_node_from_key() has no annotations.
+            node = self._cluster().get_node_from_key(  # type: ignore[no-untyped-call]
+                self.backend.prefix + group
+            )
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            logger.debug("cannot find the Redis Cluster node of %s: %s", group, exc)
+            return None
+        return f"{node.host}:{node.port}" if node is not None else None
+
+    def _route(self, group: str, node: str) -> _Subscriber:
+        shard = self.shards.get(node)
+        if shard is None:
+            shard = self.shards[node] = _Subscriber(self.backend, self, node)
+        self.routes[group] = shard
+        self.unrouted.discard(group)
+        return shard
+
+    def _reroute_forever(self) -> None:
+        while True:
+            self.changed.wait(_REROUTE_INTERVAL)
+            if not (self.changed.is_set() or self.unrouted or self._down()):
+                self._close_idle()
+                continue
+            self.changed.clear()
+            try:
+                self._reroute()
+            except Exception:
+                logger.exception("cannot reroute the groups of this process to Redis Cluster nodes")
+            # At most one reading of the map per interval, however many
+            # shards call for one.
+            gevent.sleep(_REROUTE_INTERVAL)
+
+    def _down(self) -> bool:
+        return any(shard.state is DOWN for shard in self.shards.values())
+
+    def _reroute(self) -> None:
+        """Read the map of slots again; move each group whose master changed to its shard."""
+        try:
+            self._cluster().nodes_manager.initialize()
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            logger.debug("cannot read the slots of Redis Cluster at %s: %s",
+                         self.backend.display, exc)
+            return
+        for group in [*self.routes, *self.unrouted]:
+            if group not in registry:
+                self.unsubscribe(group)  # its members were garbage-collected without leaving
+                continue
+            node = self._node_of(group)
+            old = self.routes.get(group)
+            if node is None or (old is not None and old.node == node):
+                continue
+            if old is not None:
+                old.unsubscribe(group)
+                logger.info("the Redis channel of %s moved from %s to %s", group, old.node, node)
+            self._route(group, node).subscribe(group, wait=False)
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close the shards that no group needs any more."""
+        used = set(self.routes.values())
+        for node, shard in list(self.shards.items()):
+            if shard not in used:
+                del self.shards[node]
+                shard.close()

@@ -48,7 +48,8 @@ from django.core.exceptions import ImproperlyConfigured
 from .positions import META_TTL, Position, new_epoch
 
 __all__ = [
-    "Script", "PUBLISH", "READ", "history_keys", "publish_args", "read_args", "parse_read",
+    "Script", "PUBLISH", "SPUBLISH", "READ", "history_keys", "publish_args", "read_args",
+    "parse_read",
     "parse_publish",
 ]
 
@@ -173,6 +174,9 @@ class Script:
 
 
 PUBLISH = Script(_PUBLISH)
+#: The same for sharded pub/sub on Redis Cluster: the channel hashes to the
+#: slot of the keys (see history_keys), as SPUBLISH in a script requires.
+SPUBLISH = Script(_PUBLISH.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
 READ = Script(_READ)
 
 
