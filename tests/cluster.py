@@ -40,7 +40,7 @@ def redis7_binary() -> str | None:
 def require_redis7() -> None:
     """Skip the test without Redis 7; under CI, fail: .ci/run installs it."""
     if redis7_binary() is None:
-        message = "Redis Cluster with sharded pub/sub needs redis-server 7 (apt install redis-server)"
+        message = "sharded pub/sub needs redis-server 7 or later (apt install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -60,17 +60,20 @@ class Cluster:
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.nodes: list[servers.Server] = []
+        self.hung: set[int] = set()  # the ports of the nodes hung on purpose
+        self._starts: list[tuple[Path, tuple[str, ...]]] = []  # to start a node again
         buses = []  # each node's cluster bus port, which MEET must name
         try:
             for index in range(masters * (1 + replicas)):
                 buses.append(servers.free_port())
-                self.nodes.append(servers.start_redis(
-                    directory / f"node-{index}.log",
+                start = (directory / f"node-{index}.log", (
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{index}.conf",
                     "--cluster-node-timeout", str(node_timeout),
                     "--cluster-port", str(buses[-1]),
                 ))
+                self._starts.append(start)
+                self.nodes.append(servers.start_redis(start[0], *start[1]))
             self._form(masters, buses)
         except BaseException:
             self.stop()
@@ -116,10 +119,21 @@ class Cluster:
         node.process.send_signal(signal.SIGKILL)
         node.process.wait(TIMEOUT)
 
+    def hang(self, node: servers.Server) -> None:
+        """Stop ``node`` without closing anything, as a hung machine does: it answers nothing."""
+        node.process.send_signal(signal.SIGSTOP)
+        self.hung.add(node.port)
+
+    def restart(self, node: servers.Server) -> None:
+        """Start a stopped ``node`` again on its port; it rejoins from its configuration file."""
+        index = self.nodes.index(node)
+        log, args = self._starts[index]
+        self.nodes[index] = servers.start_redis(log, *args, port=node.port)
+
     def masters(self) -> set[int]:
         """The ports of the nodes that are masters with slots now, as a live node sees it."""
         for node in self.nodes:
-            if node.process.poll() is not None:
+            if node.process.poll() is not None or node.port in self.hung:
                 continue
             client = self.client(node)
             try:
@@ -135,7 +149,7 @@ class Cluster:
         """The port of the master that owns ``key``'s slot now."""
         slot = key_slot(key.encode())
         for node in self.nodes:
-            if node.process.poll() is not None:
+            if node.process.poll() is not None or node.port in self.hung:
                 continue
             client = self.client(node)
             try:
@@ -173,11 +187,14 @@ class Cluster:
     def healthy(self) -> bool:
         """Tell whether every live node says the cluster is ok."""
         return all(
-            _ok(self.client(node)) for node in self.nodes if node.process.poll() is None
+            _ok(self.client(node)) for node in self.nodes
+            if node.process.poll() is None and node.port not in self.hung
         )
 
     def stop(self) -> None:
         for node in self.nodes:
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGCONT)  # a hung node, to stop it
             node.stop()
 
 

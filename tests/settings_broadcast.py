@@ -3,7 +3,8 @@ Settings for the servers of the broadcast tests.
 
 The server settings plus the broadcast views; with ``WEBSOCKET_TEST_REDIS_URL``
 set, the Redis backend at that URL, with short reconnection delays (and
-classic pub/sub on a cluster if ``WEBSOCKET_TEST_REDIS_SHARDED`` is ``0``);
+classic pub/sub on a cluster if ``WEBSOCKET_TEST_REDIS_SHARDED`` is ``0``,
+``HEALTH_CHECK_INTERVAL`` from ``WEBSOCKET_TEST_REDIS_HEALTH_CHECK_INTERVAL``);
 with ``WEBSOCKET_TEST_HISTORY`` set, that JSON as ``WEBSOCKET_HISTORY``.
 
 """
@@ -25,6 +26,9 @@ if os.environ.get("WEBSOCKET_TEST_REDIS_URL"):
             "RECONNECT_MIN_DELAY": 0.05,
             "RECONNECT_MAX_DELAY": 0.5,
             "SHARDED": os.environ.get("WEBSOCKET_TEST_REDIS_SHARDED", "1") == "1",
+            "HEALTH_CHECK_INTERVAL": float(
+                os.environ.get("WEBSOCKET_TEST_REDIS_HEALTH_CHECK_INTERVAL", "10")
+            ),
         },
     }
 

@@ -86,6 +86,10 @@ class Subscriptions:
         """Return where Redis stands with ``group`` on the current connection."""
         return self._states.get(group, UNSUBSCRIBED)
 
+    def groups(self) -> set[str]:
+        """Return the groups wanted, or not UNSUBSCRIBED on the current connection."""
+        return self.wanted | set(self._states)
+
     def confirmed(self) -> set[str]:
         """Return the groups Redis confirmed on the current connection."""
         return {group for group, state in self._states.items() if state is SUBSCRIBED}

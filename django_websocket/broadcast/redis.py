@@ -51,6 +51,7 @@ import redis
 from django.core.exceptions import ImproperlyConfigured
 from gevent.event import Event
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from ..exceptions import BroadcastError
@@ -1014,6 +1015,7 @@ class _Subscriber:
         self.outage_since: float | None = None
         self.failures = 0  # attempts to connect since the connection last worked
         self.ignored: set[bytes] = set()
+        self.closed = False
         self.listener = gevent.spawn(self._supervise, "listener", self._listen)
         self.commander = gevent.spawn(self._supervise, "commander", self._command)
 
@@ -1021,19 +1023,27 @@ class _Subscriber:
         """Return the subscriptions that await the echoes of ``group``."""
         return self.subscriptions
 
-    def subscribe(self, group: str, wait: bool = True) -> None:
+    def subscribe(self, group: str, timeout: float | None = None) -> None:
+        """
+        Get ``group``'s messages; wait until Redis confirms, ``timeout`` seconds at most.
+
+        The wait is ``SOCKET_CONNECT_TIMEOUT`` plus ``SOCKET_TIMEOUT`` by default.
+
+        """
         if self.subscriptions.want(group):
             return  # Redis sends the group's messages already
         self.wakeup.set()
-        if self.state is DOWN or not wait:
+        backend = self.backend
+        if timeout is None:
+            timeout = backend.socket_connect_timeout + backend.socket_timeout
+        if self.state is DOWN or timeout <= 0:
             return  # subscribed to when Redis is back
         # Wait until Redis has it, so that a message published next reaches
         # the new member; but not for long.
         waiter = self.waiters.get(group)
         if waiter is None:
             waiter = self.waiters[group] = Event()
-        backend = self.backend
-        confirmed = waiter.wait(backend.socket_connect_timeout + backend.socket_timeout)
+        confirmed = waiter.wait(timeout)
         if not confirmed and self.waiters.get(group) is waiter:
             # No answer, as when the group was left before its SUBSCRIBE
             # went: don't keep the waiter for good.
@@ -1044,6 +1054,9 @@ class _Subscriber:
         self.wakeup.set()
 
     def close(self) -> None:
+        # Set first: a greenlet that the kill reaches in the middle of a
+        # read may see another exception instead, and must not reconnect.
+        self.closed = True
         gevent.killall([self.listener, self.commander], block=False)
         connection, self.connection = self.connection, None
         self.state = DOWN
@@ -1060,7 +1073,7 @@ class _Subscriber:
     def _supervise(self, name: str, run: Callable[[], None]) -> None:
         """Run ``run`` for ever: when it raises, log it, then start afresh on a new connection."""
         failure: Exception | None = None
-        while True:
+        while not self.closed:
             try:
                 if failure is not None:
                     # Whatever the greenlet was doing is lost, such as
@@ -1068,6 +1081,8 @@ class _Subscriber:
                     self._lost(self.connection, failure)
                 run()
             except Exception as exc:
+                if self.closed:
+                    return
                 logger.exception(
                     "the Redis %s failed; starting it again in %s s", name, _RESTART_DELAY
                 )
@@ -1079,7 +1094,7 @@ class _Subscriber:
     def _command(self) -> None:
         """Whenever woken up, send what :attr:`subscriptions` says is due, and a PING if asked."""
         prefix = self.backend.prefix
-        while True:
+        while not self.closed:
             self.wakeup.wait()
             self.wakeup.clear()
             connection = self.connection
@@ -1115,7 +1130,7 @@ class _Subscriber:
     def _listen(self) -> None:
         """Connect, read until the connection fails, wait, and again, for ever."""
         backend = self.backend
-        while True:
+        while not self.closed:
             connection = None
             try:
                 if self.shards is None:
@@ -1167,6 +1182,10 @@ class _Subscriber:
             self.outage_since = None
 
     def _lost(self, connection: _Connection | None, exc: Exception) -> None:
+        if self.closed:
+            if connection is not None:
+                connection.disconnect()
+            return
         was = self.state
         self.connection = None
         self.state = DOWN
@@ -1211,7 +1230,15 @@ class _Subscriber:
                 self.wakeup.set()
                 if not connection.can_read(timeout=interval):
                     raise redis.TimeoutError(f"no answer to PING within {interval} s")
-            response = connection.read_response(disconnect_on_error=False)
+            try:
+                response = connection.read_response(disconnect_on_error=False)
+            except redis.ResponseError as exc:
+                # A shard's SSUBSCRIBE or SUNSUBSCRIBE of a slot that moved:
+                # its groups go to their new master; other errors end the
+                # connection.
+                if self.shards is None or not self._moved_away(str(exc)):
+                    raise
+                continue
             if not working:
                 working = True
                 self._working()
@@ -1273,12 +1300,33 @@ class _Subscriber:
                 # that follow positions read them from the history.
                 recovery.resync(group)
             elif kind == unsubscribe_kind:
-                if subscriptions.unsubscribed(response[1][skip:].decode()):
-                    self.wakeup.set()
-                    if self.shards is not None:
-                        # A node unsubscribes by itself from the channels of
-                        # the slots it no longer owns.
-                        self.shards.stale()
+                group = response[1][skip:].decode()
+                if subscriptions.unsubscribed(group):  # and the group is wanted
+                    if self.shards is None:
+                        self.wakeup.set()
+                    else:
+                        # A node drops the channels of the slots it gives
+                        # away: find the group's new master.
+                        self.shards.moved(group, self)
+
+    def _moved_away(self, error: str) -> bool:
+        """
+        Handle a ``MOVED`` or ``ASK`` reply; tell whether ``error`` was one.
+
+        The groups of the slot it names stand unsubscribed on this node,
+        and go to their new master.
+
+        """
+        if not error.startswith(("MOVED ", "ASK ")):
+            return False
+        slot = int(error.split()[1])
+        prefix = self.backend.prefix
+        for group in self.subscriptions.groups():
+            if key_slot((prefix + group).encode()) == slot:
+                self.subscriptions.unsubscribed(group)
+                if self.shards is not None:
+                    self.shards.moved(group, self)
+        return True
 
     def _close_members(self, channel: bytes, group: str, data: bytes) -> None:
         # A request of close_group(), disconnect_user() or a session's end.
@@ -1308,12 +1356,15 @@ class _ShardedSubscriber:
 
     A group's channel lives on the master that owns its hash slot: a
     :class:`_Subscriber` for that node (a *shard*) subscribes to it with
-    ``SSUBSCRIBE``. When a shard loses its node, or the node drops channels
-    whose slots moved away, the map of slots is read again and each group
-    moves to the shard of its new master; meanwhile, and while a shard
-    stays down, the map is read every :data:`_REROUTE_INTERVAL` seconds. So
-    a failover is healed within that interval of the cluster's electing a
-    new master. A shard with no group left is closed at the next check.
+    ``SSUBSCRIBE``. Only the *rerouter* greenlet reads the cluster's map of
+    slots, at most once per :data:`_REROUTE_INTERVAL`: first when a group
+    joins, then whenever a shard loses its node or is told that a slot
+    moved, again every interval while a group has no master or a shard is
+    down, and every ``HEALTH_CHECK_INTERVAL`` in any case (a master that
+    hangs rather than dies). It moves each group whose master changed to
+    the shard of the new one. So a failover is healed within the interval
+    of the cluster's electing a new master; a shard with no group left is
+    closed at the next reading.
 
     """
 
@@ -1322,9 +1373,14 @@ class _ShardedSubscriber:
         self.pid = os.getpid()
         self.shards: dict[str, _Subscriber] = {}  # by node, "host:port"
         self.routes: dict[str, _Subscriber] = {}  # the shard of each group
-        self.unrouted: set[str] = set()  # groups whose node is unknown yet
-        self.cluster: RedisCluster | None = None
-        self.changed = Event()
+        self.unrouted: set[str] = set()  # groups whose master is not known yet
+        self.cluster: RedisCluster | None = None  # made by the rerouter only
+        self.changed = Event()  # wakes the rerouter up
+        self.stale_map = False  # whether it must read the map when it wakes up
+        self.rerouted = Event()  # set, and replaced, after each reading
+        # Since when the cluster cannot say where groups live, if it cannot.
+        self.outage_since: float | None = None
+        self.closed = False
         _check_patched()
         self.rerouter = gevent.spawn(self._reroute_forever)
 
@@ -1334,22 +1390,42 @@ class _ShardedSubscriber:
         return shard.subscriptions if shard is not None else None
 
     def subscribe(self, group: str) -> None:
+        backend = self.backend
+        deadline = time.monotonic() + backend.socket_connect_timeout + backend.socket_timeout
         shard = self.routes.get(group)
         if shard is None:
-            node = self._node_of(group)
-            if node is None:
-                # The cluster cannot say now: the rerouter tries again.
+            node = self._node_of(group) if self.cluster is not None else None
+            if node is not None:
+                shard = self._route(group, node)
+            else:
                 self.unrouted.add(group)
                 self.stale()
-                return
-            shard = self._route(group, node)
-        shard.subscribe(group)
+                if self.outage_since is not None:
+                    return  # subscribed to when the cluster answers
+                # The first group of the process, or one whose slot has no
+                # master in the map: wait for the rerouter, not for long.
+                self.rerouted.wait(deadline - time.monotonic())
+                shard = self.routes.get(group)
+                if shard is None:
+                    return
+        # Wait until the node has it, so that a message published next
+        # reaches the new member.
+        shard.subscribe(group, max(0.0, deadline - time.monotonic()))
 
     def unsubscribe(self, group: str) -> None:
         self.unrouted.discard(group)
         shard = self.routes.pop(group, None)
         if shard is not None:
             shard.unsubscribe(group)
+            self.changed.set()  # the rerouter closes the shard if no group is left
+
+    def moved(self, group: str, shard: _Subscriber) -> None:
+        """``shard``'s node no longer has ``group``'s slot: find its master again."""
+        if self.routes.get(group) is shard:
+            del self.routes[group]
+            self.unrouted.add(group)
+        shard.unsubscribe(group)
+        self.stale()
 
     def groups_of(self, shard: _Subscriber) -> set[str]:
         """Return the groups with members in this process that ``shard`` subscribes to."""
@@ -1357,20 +1433,26 @@ class _ShardedSubscriber:
 
     def stale(self) -> None:
         """The map of slots may be out of date: read it again soon."""
+        self.stale_map = True
         self.changed.set()
 
     def connection_to(self, node: str) -> _Connection:
         """Return a new, unconnected connection to ``node`` for a shard."""
-        cluster = self._cluster()
+        cluster = self.cluster
         host, _, port = node.rpartition(":")
         # redis-py's get_node() has no annotations.
-        found = cluster.get_node(host, int(port))  # type: ignore[no-untyped-call]
-        if found is None:
+        found = cluster.get_node(host, int(port)) if cluster else None  # type: ignore[no-untyped-call]
+        if cluster is None or found is None:
             raise redis.ConnectionError(f"{node} is no longer a node of the cluster")
+        # Made with the class and arguments of the node's pool, not by the
+        # pool, which would count it for good against its limit.
         pool = cluster.get_redis_connection(found).connection_pool
-        return cast(_Connection, pool.make_connection())
+        timeout = self.backend.health_check_interval  # as _client_kwargs(subscriber=True)
+        kwargs = {**pool.connection_kwargs, "socket_timeout": timeout}
+        return cast(_Connection, pool.connection_class(**kwargs))
 
     def close(self) -> None:
+        self.closed = True
         self.rerouter.kill(block=False)
         shards, self.shards = self.shards, {}
         self.routes = {}
@@ -1379,24 +1461,21 @@ class _ShardedSubscriber:
         cluster, self.cluster = self.cluster, None
         if cluster is not None:
             cluster.close()
-
-    def _cluster(self) -> RedisCluster:
-        """Return the client that knows the map of slots; creating it connects."""
-        if self.cluster is None:
-            backend = self.backend
-            kwargs = backend._client_kwargs(subscriber=True)
-            self.cluster = cast("RedisCluster", backend._make_client(kwargs, Retry(NoBackoff(), 0)))
-        return self.cluster
+        self.rerouted.set()
 
     def _node_of(self, group: str) -> str | None:
-        """Return the master that owns ``group``'s channel, or None if the cluster cannot say."""
+        """Return the master that owns ``group``'s channel in the map read last, if any."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
         try:
-            # redis-py's get_node_from_key() has no annotations.
-            node = self._cluster().get_node_from_key(  # type: ignore[no-untyped-call]
+            # redis-py's get_node_from_key() has no annotations; it reads
+            # the map in memory.
+            node = cluster.get_node_from_key(  # type: ignore[no-untyped-call]
                 self.backend.prefix + group
             )
-        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            logger.debug("cannot find the Redis Cluster node of %s: %s", group, exc)
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            logger.debug("no master of %s's slot in Redis Cluster: %s", group, exc)
             return None
         return f"{node.host}:{node.port}" if node is not None else None
 
@@ -1408,32 +1487,55 @@ class _ShardedSubscriber:
         self.unrouted.discard(group)
         return shard
 
+    # The rerouter.
+
     def _reroute_forever(self) -> None:
-        while True:
-            self.changed.wait(_REROUTE_INTERVAL)
-            if not (self.changed.is_set() or self.unrouted or self._down()):
-                self._close_idle()
-                continue
+        read_at = -_REROUTE_INTERVAL
+        while not self.closed:
+            periodic = not self.changed.wait(self.backend.health_check_interval)
+            # At most one pass per interval, however many shards ask.
+            gevent.sleep(max(0.0, read_at + _REROUTE_INTERVAL - time.monotonic()))
             self.changed.clear()
+            stale, self.stale_map = self.stale_map, False
+            read_at = time.monotonic()
             try:
-                self._reroute()
+                if (periodic or stale) and (self.routes or self.unrouted or self.shards):
+                    self._reroute()
+                else:
+                    self._close_idle()
             except Exception:
-                logger.exception("cannot reroute the groups of this process to Redis Cluster nodes")
-            # At most one reading of the map per interval, however many
-            # shards call for one.
-            gevent.sleep(_REROUTE_INTERVAL)
+                logger.exception("cannot move the groups of this process to their Redis masters")
+            finally:
+                done, self.rerouted = self.rerouted, Event()
+                done.set()
+            if self.unrouted or self._down():
+                self.stale()  # again after the interval
 
     def _down(self) -> bool:
         return any(shard.state is DOWN for shard in self.shards.values())
 
     def _reroute(self) -> None:
-        """Read the map of slots again; move each group whose master changed to its shard."""
+        """Read the map of slots; move each group whose master changed to its shard."""
         try:
-            self._cluster().nodes_manager.initialize()
+            self._read_map()
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            logger.debug("cannot read the slots of Redis Cluster at %s: %s",
-                         self.backend.display, exc)
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                logger.warning(
+                    "cannot learn the slots of Redis Cluster at %s: %s; open websockets stay "
+                    "open, the messages of their groups are lost until it answers",
+                    self.backend.display, exc,
+                )
+            else:
+                logger.debug("cannot learn the slots of Redis Cluster at %s: %s",
+                             self.backend.display, exc)
             return
+        if self.outage_since is not None:
+            logger.warning(
+                "learnt the slots of Redis Cluster at %s again after %.1f s",
+                self.backend.display, time.monotonic() - self.outage_since,
+            )
+            self.outage_since = None
         for group in [*self.routes, *self.unrouted]:
             if group not in registry:
                 self.unsubscribe(group)  # its members were garbage-collected without leaving
@@ -1445,7 +1547,7 @@ class _ShardedSubscriber:
             if old is not None:
                 old.unsubscribe(group)
                 logger.info("the Redis channel of %s moved from %s to %s", group, old.node, node)
-            self._route(group, node).subscribe(group, wait=False)
+            self._route(group, node).subscribe(group, 0)
         self._close_idle()
 
     def _close_idle(self) -> None:
@@ -1455,3 +1557,23 @@ class _ShardedSubscriber:
             if shard not in used:
                 del self.shards[node]
                 shard.close()
+
+    def _read_map(self) -> None:
+        """Read the map of slots, making the client that keeps it if need be."""
+        if self.cluster is not None:
+            self.cluster.nodes_manager.initialize()
+            return
+        backend = self.backend
+        # The shards' arguments, but publishing's short timeout: a hung node
+        # must not hold the rerouter. A slot without a master leaves its
+        # groups unrouted, not every group.
+        kwargs = {
+            **backend._client_kwargs(subscriber=True),
+            "socket_timeout": backend.socket_timeout,
+            "require_full_coverage": False,
+        }
+        cluster = cast("RedisCluster", backend._make_client(kwargs, Retry(NoBackoff(), 0)))
+        if self.closed:
+            cluster.close()
+        else:
+            self.cluster = cluster
