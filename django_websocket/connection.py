@@ -15,6 +15,7 @@ decide when. Its tests feed bytes and compare bytes (``tests/test_connection.py`
 from __future__ import annotations
 
 import enum
+import math
 
 from . import protocol as engine
 from .exceptions import ConnectionClosed, InvalidState
@@ -274,7 +275,11 @@ class Connection:
 
         ``interval`` is how long the client may be silent before a ping,
         ``timeout`` how long it may take to answer (:obj:`None`: forever).
-        Any data from the client counts as an answer.
+        Any data from the client counts as an answer. The delay returned is
+        when the answer may change, unless data arrives: the next ping
+        due, or the end of the wait for an answer; rounded up to a quarter
+        of the interval (10 ms to 1 s), so that the keepalive greenlet
+        looks at every websocket due in the same quarter in one turn.
 
         """
         if interval is None or self.close_sent is not None:
@@ -285,11 +290,16 @@ class Connection:
             elif timeout is not None and now - self.ping_sent >= timeout:
                 self.ping_sent = float("inf")  # reported once
                 return Keepalive.TIMEOUT, 1.0
+            elif self.ping_sent == float("inf"):
+                return Keepalive.WAIT, 1.0  # given up: the connection is closing
             else:
-                return Keepalive.WAIT, _tick(timeout or 1.0)
+                # Without a timeout, an answer only moves the next ping.
+                until = now + interval if timeout is None else self.ping_sent + timeout
+                return Keepalive.WAIT, _until(until, now, interval)
         if now - self.last_received >= interval:
-            return Keepalive.PING, _tick(interval)
-        return Keepalive.WAIT, _tick(interval)
+            until = now + (interval if timeout is None else timeout)
+            return Keepalive.PING, _until(until, now, interval)
+        return Keepalive.WAIT, _until(self.last_received + interval, now, interval)
 
     def data_pending(self, now: float) -> None:
         """Record that the client sent data the server has not read yet: it is alive."""
@@ -297,6 +307,8 @@ class Connection:
         self.last_received = now
 
 
-def _tick(period: float) -> float:
-    # Check four times per period, between 10 ms and 1 s apart.
-    return max(0.01, min(1.0, period / 4))
+def _until(when: float, now: float, interval: float) -> float:
+    # From now until the end of the quarter interval that ``when`` falls
+    # in; never at once again.
+    tick = max(0.01, min(1.0, interval / 4))
+    return max(0.001, math.ceil(when / tick) * tick - now)

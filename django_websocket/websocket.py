@@ -158,8 +158,8 @@ class WebSocket:
     # Thousands of idle connections each hold one: no __dict__.
     __slots__ = (
         "__weakref__", "_sock", "_handshake", "_buffered", "_connection", "_writer", "_inbox",
-        "_outbox", "max_message_size", "close_timeout", "compression", "ping_interval",
-        "ping_timeout", "max_send_queue", "adopted", "protocol", "_reader", "_paused",
+        "_outbox", "max_message_size", "close_timeout", "compression", "_ping_interval",
+        "_ping_timeout", "max_send_queue", "adopted", "protocol", "_reader", "_paused",
         "_groups", "_default_groups", "_joined", "_rate_limit", "user_id", "presence_info",
         "client_positions", "_envelope",
     )
@@ -196,12 +196,8 @@ class WebSocket:
         #: Whether to negotiate permessage-deflate when the client offers it.
         #: Change it before the handshake is accepted.
         self.compression = compression
-        #: Seconds of silence from the client after which the server pings
-        #: it, or :obj:`None` for no keepalive pings.
-        self.ping_interval = ping_interval
-        #: Seconds to wait for any data after a ping before the connection
-        #: is deemed dead and closed with 1011, or :obj:`None` to wait forever.
-        self.ping_timeout = ping_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         #: The most bytes of group messages that may wait for this
         #: connection (:data:`WEBSOCKET_MAX_SEND_QUEUE`), or :obj:`None` for
         #: no limit; it may change at any time.
@@ -356,7 +352,7 @@ class WebSocket:
         self._writer.attach(self._close_tcp)
         open_websockets.add(self)
         if self.ping_interval is not None:
-            start_keepalive()
+            start_keepalive(self)
         self._start_reading()
         self._join_groups()
         self._catch_up()
@@ -923,6 +919,43 @@ class WebSocket:
                 self._read_pending()
 
     # Keepalive.
+
+    @property
+    def ping_interval(self) -> float | None:
+        """
+        Seconds of silence from the client after which the server pings it.
+
+        :obj:`None` for no keepalive pings. It may change at any time.
+
+        """
+        return self._ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, value: float | None) -> None:
+        self._ping_interval = value
+        self._keepalive_changed()
+
+    @property
+    def ping_timeout(self) -> float | None:
+        """
+        Seconds to wait for any data after a ping before the connection is deemed dead.
+
+        It is then closed with 1011. :obj:`None` to wait forever. It may
+        change at any time.
+
+        """
+        return self._ping_timeout
+
+    @ping_timeout.setter
+    def ping_timeout(self, value: float | None) -> None:
+        self._ping_timeout = value
+        self._keepalive_changed()
+
+    def _keepalive_changed(self) -> None:
+        # The keepalive greenlet looks at each websocket only when it is
+        # due: a new interval or timeout must be looked at now.
+        if self.ping_interval is not None and self in open_websockets:
+            start_keepalive(self)
 
     def keepalive(self, now: float) -> float:
         """

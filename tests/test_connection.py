@@ -224,27 +224,44 @@ def test_compressed_messages_are_received():
 
 def test_a_silent_client_is_pinged_then_given_up_once():
     connection = opened(now=0.0)
-    assert connection.check_alive(5.0, 10.0, 2.0) == (Keepalive.WAIT, 1.0)
-    assert connection.check_alive(10.0, 10.0, 2.0) == (Keepalive.PING, 1.0)
+    assert connection.check_alive(5.0, 10.0, 2.0) == (Keepalive.WAIT, 5.0)  # until the ping
+    assert connection.check_alive(10.0, 10.0, 2.0) == (Keepalive.PING, 2.0)  # until the timeout
     assert connection.send_ping(10.0) == b"\x89\x00"
-    assert connection.check_alive(11.0, 10.0, 2.0) == (Keepalive.WAIT, 0.5)
+    assert connection.check_alive(11.0, 10.0, 2.0) == (Keepalive.WAIT, 1.0)
     assert connection.check_alive(12.0, 10.0, 2.0) == (Keepalive.TIMEOUT, 1.0)
     assert connection.check_alive(13.0, 10.0, 2.0)[0] is Keepalive.WAIT  # reported once
+
+
+def test_without_a_timeout_a_ping_waits_an_interval_for_its_answer():
+    connection = opened(now=0.0)
+    assert connection.check_alive(10.0, 10.0, None) == (Keepalive.PING, 10.0)
+    connection.send_ping(10.0)
+    assert connection.check_alive(1000.0, 10.0, None) == (Keepalive.WAIT, 10.0)
 
 
 def test_any_data_answers_a_ping():
     connection = opened(now=0.0)
     connection.send_ping(10.0)
     connection.last_received = 10.5  # the I/O layer records every read
-    assert connection.check_alive(12.0, 10.0, 2.0) == (Keepalive.WAIT, 1.0)
+    assert connection.check_alive(12.0, 10.0, 2.0) == (Keepalive.WAIT, 9.0)  # the next ping
     assert connection.ping_sent is None
+
+
+def test_websockets_due_in_the_same_quarter_interval_are_looked_at_together():
+    # Pings due at 10.2 and 10.7 are both sent at 11, in one turn of the
+    # keepalive greenlet: a quarter interval, capped at 1 s.
+    early, late = opened(now=0.2), opened(now=0.7)
+    assert early.check_alive(1.0, 10.0, 2.0) == (Keepalive.WAIT, 10.0)
+    assert late.check_alive(1.0, 10.0, 2.0) == (Keepalive.WAIT, 10.0)
+    # With 0.5 s, a quarter is 125 ms: due at 0.8, looked at at 0.875.
+    assert opened(now=0.3).check_alive(0.5, 0.5, 0.5) == (Keepalive.WAIT, 0.375)
 
 
 def test_unread_data_proves_the_client_alive():
     connection = opened(now=0.0)
     connection.send_ping(10.0)
     connection.data_pending(12.0)
-    assert connection.check_alive(12.0, 10.0, 2.0) == (Keepalive.WAIT, 1.0)
+    assert connection.check_alive(12.0, 10.0, 2.0) == (Keepalive.WAIT, 10.0)
 
 
 def test_no_keepalive_without_an_interval_or_after_a_close_frame():
