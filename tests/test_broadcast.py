@@ -10,6 +10,7 @@ are in ``utils.py``.
 
 import gc
 import logging
+import select
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from contextlib import ExitStack
 from types import SimpleNamespace
 
 import gevent
+import gevent.monkey
 import gevent.select
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
@@ -78,6 +80,37 @@ def opened(pairs, **options):
 
 
 # Publishing and subscribing.
+
+
+def test_other_connections_run_while_a_message_goes_to_thousands(pairs):
+    # Handing a message to each websocket takes about 15 µs: to 2,500, long
+    # enough that the process's other greenlets must get turns between.
+    members = [opened(pairs) for _ in range(2500)]
+    for websocket, _ in members:
+        websocket.subscribe("crowd")
+    clients = [client for _, client in members]
+
+    def reached() -> int:
+        poller = gevent.monkey.get_original("select", "poll")()  # not gevent's: no waiting
+        for client in clients:
+            poller.register(client.sock.fileno(), select.POLLIN)
+        return len(poller.poll(0))
+
+    seen = []
+
+    def watch() -> None:
+        # Another connection's greenlet: it runs whenever it gets a turn.
+        while not seen or seen[-1] < len(clients):
+            seen.append(reached())
+            gevent.sleep(0)
+
+    watcher = gevent.spawn(watch)
+    gevent.sleep(0)
+    publish("crowd", "to all")
+    watcher.join(TIMEOUT)
+    assert seen[0] == 0 and seen[-1] == len(clients)
+    assert any(0 < count < len(clients) for count in seen), seen
+    assert [client.read_message() for client in clients] == ["to all"] * len(clients)
 
 
 def test_publish_reaches_the_subscribers_only(pairs):

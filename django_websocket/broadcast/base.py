@@ -483,6 +483,11 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+#: The websockets the writer hands a message to before it lets other
+#: greenlets run (about 15 ms of work).
+_WRITER_BATCH = 1000
+
+
 def _start_writer() -> None:
     global _writer_running
     if not _writer_running:
@@ -501,7 +506,13 @@ def _write() -> None:
                     # From Registry.close_members: the payload is the code.
                     _close(group, int.from_bytes(payload, "big"), message, members)  # type: ignore[arg-type]
                 else:
-                    _hand_out(Delivery(group, opcode, payload, message, position), members)
+                    delivery = Delivery(group, opcode, payload, message, position)
+                    for start in range(0, len(members), _WRITER_BATCH):
+                        if start:
+                            # A group of thousands takes milliseconds: let
+                            # the process's other connections run between.
+                            gevent.sleep(0)
+                        _hand_out(delivery, members[start:start + _WRITER_BATCH])
     finally:
         _writer_running = False
 
