@@ -77,6 +77,18 @@ def one_group_per_master(cluster: Cluster, stem: str = "group") -> list[str]:
     return [found[node.port] for node in cluster.nodes if node.port in found]
 
 
+def listening(cluster: Cluster, group: str, workers: int) -> None:
+    """
+    Wait until ``workers`` processes have subscribed to ``group`` on its master.
+
+    A view waits a second at most for its subscription: on a busy machine,
+    it may still be on its way when the view says it subscribed.
+
+    """
+    channel = PREFIX + group
+    assert poll(lambda: shard_subscribers(cluster, cluster.owner(channel), channel) == workers)
+
+
 def shard_subscribers(cluster: Cluster, port: int, channel: str) -> int:
     client = cluster.client(cluster.node(port))
     try:
@@ -118,8 +130,14 @@ def test_each_group_lives_on_its_own_master(cluster, machines):
             channel = PREFIX + group
             owner = cluster.owner(channel)
             # Both workers listen on the group's master, and only there.
-            for node in cluster.masters():
-                assert shard_subscribers(cluster, node, channel) == (2 if node == owner else 0)
+            # (A view waits a second at most for its subscription: on a
+            # busy machine, it may still be on its way.)
+            def counts():
+                return {node: shard_subscribers(cluster, node, channel)
+                        for node in cluster.masters()}
+
+            expected = {node: 2 if node == owner else 0 for node in cluster.masters()}
+            assert poll(lambda: counts() == expected), counts()
         with publishing_to(cluster):
             for group in groups:
                 publish(group, f"to {group}")
@@ -136,6 +154,7 @@ def test_a_view_that_publishes_gets_its_own_message_once(cluster, machines):
     with ExitStack() as stack:
         websocket, _ = listen(stack, machines[0], group)
         other, _ = listen(stack, machines[1], group)
+        listening(cluster, group, 2)
         websocket.send(f"publish {group} hello")
         assert {websocket.recv(TIMEOUT), websocket.recv(TIMEOUT)} == {
             f"ok publish {group} hello", "hello"
@@ -182,10 +201,10 @@ def test_a_worker_connects_only_to_the_masters_of_its_groups(cluster, tmp_path):
     try:
         with ExitStack() as stack:
             websocket, _ = listen(stack, server, groups[0])
-            assert subscribed() == expected(groups[0])
+            assert poll(lambda: subscribed() == expected(groups[0])), subscribed()
             for group in groups[1:]:
                 command(websocket, f"subscribe {group}")
-            assert subscribed() == [1, 1, 1]
+            assert poll(lambda: subscribed() == [1, 1, 1]), subscribed()
             # A node with no group left is let go of.
             leaving = next(group for group in groups if cluster.owner(PREFIX + group) != always)
             port = cluster.owner(PREFIX + leaving)
@@ -248,6 +267,8 @@ def test_a_group_follows_its_slot_to_another_master(cluster, machines):
     start = machines[0].log_bytes()
     with ExitStack() as stack:
         websocket, _ = listen(stack, machines[0], group, neighbour)
+        listening(cluster, group, 1)
+        listening(cluster, neighbour, 1)
         with publishing_to(cluster):
             publish(group, "before")
             expect([websocket], "before")
@@ -312,7 +333,7 @@ def test_classic_pubsub_still_works_on_a_cluster(cluster, tmp_path):
     try:
         with ExitStack() as stack:
             websocket, _ = listen(stack, server, group)
-            assert classic_subscribers(cluster, PREFIX + group) == 1
+            assert poll(lambda: classic_subscribers(cluster, PREFIX + group) == 1)
             with publishing_to(cluster, SHARDED=False):
                 publish(group, "classic")
             expect([websocket], "classic")
@@ -424,6 +445,7 @@ def test_a_failover_heals_within_the_stated_bound(failure, tmp_path, caplog):
                 )
                 stack.callback(late.stop)
                 newcomer, _ = listen(stack, late, groups[0])
+                listening(cluster, groups[0], 2)
                 publish_from_new_process(cluster.location(), [groups[0]])
                 assert newcomer.recv(TIMEOUT) == "from a new process"
         finally:
