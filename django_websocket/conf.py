@@ -107,7 +107,10 @@ def _positive_number(
     if value is None and none:
         return value
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    if (
+        isinstance(value, bool) or not isinstance(value, kind)
+        or (isinstance(value, float) and not math.isfinite(value)) or value <= 0
+    ):
         what = "a positive integer" if integer else "a positive number"
         if none:
             what += " or None"

@@ -293,11 +293,14 @@ class Connection:
             elif self.ping_sent == float("inf"):
                 return Keepalive.WAIT, 1.0  # given up: the connection is closing
             else:
-                # Without a timeout, an answer only moves the next ping.
-                until = now + interval if timeout is None else self.ping_sent + timeout
+                # The end of the wait, or sooner: an answer that comes
+                # meanwhile makes the next ping due an interval after it.
+                until = now + interval if timeout is None else min(
+                    self.ping_sent + timeout, now + interval
+                )
                 return Keepalive.WAIT, _until(until, now, interval)
         if now - self.last_received >= interval:
-            until = now + (interval if timeout is None else timeout)
+            until = now + (interval if timeout is None else min(timeout, interval))
             return Keepalive.PING, _until(until, now, interval)
         return Keepalive.WAIT, _until(self.last_received + interval, now, interval)
 
@@ -311,4 +314,6 @@ def _until(when: float, now: float, interval: float) -> float:
     # From now until the end of the quarter interval that ``when`` falls
     # in; never at once again.
     tick = max(0.01, min(1.0, interval / 4))
+    if not math.isfinite(when):
+        return tick  # never due (an infinite interval): look again now and then
     return max(0.001, math.ceil(when / tick) * tick - now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import time
 import weakref
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .websocket import WebSocket
 
 __all__ = ["start_keepalive"]
+
+logger = logging.getLogger(__name__)
 
 _keepalive: gevent.Greenlet[[], None] | None = None
 _wake = Event()
@@ -72,7 +75,13 @@ def _keepalive_loop() -> None:
             if websocket not in open_websockets:
                 del _entries[websocket]
                 continue
-            heapq.heappush(_due, (now + websocket.keepalive(now), entry, ref))
+            try:
+                delay = websocket.keepalive(now)
+            except Exception:
+                # One websocket's failure must not stop the others' keepalive.
+                logger.exception("keepalive failed for %r", websocket)
+                delay = 1.0
+            heapq.heappush(_due, (now + delay, entry, ref))
         if _due:
             _wake.clear()
             _wake.wait(_due[0][0] - now)

@@ -6,6 +6,7 @@ compares what it returns byte for byte; no socket, no greenlet.
 
 """
 
+import math
 import zlib
 
 import pytest
@@ -255,6 +256,26 @@ def test_websockets_due_in_the_same_quarter_interval_are_looked_at_together():
     assert late.check_alive(1.0, 10.0, 2.0) == (Keepalive.WAIT, 10.0)
     # With 0.5 s, a quarter is 125 ms: due at 0.8, looked at at 0.875.
     assert opened(now=0.3).check_alive(0.5, 0.5, 0.5) == (Keepalive.WAIT, 0.375)
+
+
+def test_a_timeout_longer_than_the_interval_does_not_space_out_the_pings():
+    # Pings every 20 s, answers awaited 60 s: a client that answers at once
+    # is pinged about every 20 s, not every 60.
+    connection = opened(now=0.0)
+    now, pings = 0.0, []
+    while now < 100.0:
+        action, delay = connection.check_alive(now, 20.0, 60.0)
+        if action is Keepalive.PING:
+            connection.send_ping(now)
+            pings.append(now)
+            connection.last_received = now + 0.1  # the pong
+        now += delay
+    assert pings == [20.0, 41.0, 62.0, 83.0]
+
+
+def test_an_infinite_interval_never_pings_and_never_fails():
+    connection = opened(now=0.0)
+    assert connection.check_alive(1e9, math.inf, None) == (Keepalive.WAIT, 1.0)
 
 
 def test_unread_data_proves_the_client_alive():

@@ -65,3 +65,20 @@ def test_closed_websockets_are_no_longer_looked_at():
     looks = member.looks
     gevent.sleep(50 * MS)
     assert member.looks == looks
+
+
+class Broken(Member):
+    def keepalive(self, now: float) -> float:
+        self.looks += 1
+        raise RuntimeError("broken")
+
+
+def test_a_websocket_whose_keepalive_fails_does_not_stop_the_others(caplog):
+    broken, busy = Broken(0.0), Member(10 * MS)
+    try:
+        watched(broken, busy)
+        wait_for(lambda: busy.looks >= 10 and broken.looks >= 2, "turns go on")
+        assert "keepalive failed" in caplog.text
+    finally:
+        for member in (broken, busy):
+            open_websockets.discard(member)  # type: ignore[arg-type]

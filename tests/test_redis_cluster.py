@@ -293,6 +293,24 @@ def test_a_group_follows_its_slot_to_another_master(cluster, machines):
     assert "lost the connection" not in machines[0].log(start)
 
 
+def test_publishing_follows_a_slot_to_another_master(cluster, machines):
+    # A group without history: publish() sends SPUBLISH straight to the
+    # master it knows, which answers MOVED once the slot has moved.
+    group = one_group_per_master(cluster)[2]
+    old = cluster.owner(PREFIX + group)
+    other = next(port for port in cluster.masters() if port != old)
+    with ExitStack() as stack, publishing_to(cluster):
+        websocket, _ = listen(stack, machines[0], group)
+        listening(cluster, group, 1)
+        publish(group, "before")
+        expect([websocket], "before")
+        cluster.move_slot(PREFIX + group, other)
+        listening(cluster, group, 1)  # on the new master now
+        for number in range(3):
+            publish(group, f"after {number}")
+        expect([websocket], "after 0", "after 1", "after 2")
+
+
 def test_presence_and_its_events_across_the_cluster(cluster, tmp_path):
     rooms = {"room.*": {"EVENTS": True}}
     server = servers.start_gunicorn(

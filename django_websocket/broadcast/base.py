@@ -511,7 +511,10 @@ def _write() -> None:
                         if start:
                             # A group of thousands takes milliseconds: let
                             # the process's other connections run between.
+                            pid = os.getpid()
                             gevent.sleep(0)
+                            if os.getpid() != pid:
+                                return  # resumed in a child process: not its websockets
                         _hand_out(delivery, members[start:start + _WRITER_BATCH])
     finally:
         _writer_running = False

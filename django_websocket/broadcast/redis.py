@@ -957,6 +957,16 @@ class _Publisher:
             connection.disconnect()
 
 
+def _moved_slot(error: redis.ResponseError) -> int | None:
+    """Return the slot that a ``MOVED`` or ``ASK`` reply names, or None for another error."""
+    if isinstance(error, redis.exceptions.AskError):  # redis-py 6+ parses them (MovedError too)
+        return int(error.slot_id)
+    words = str(error).split()
+    if len(words) >= 2 and words[0] in ("MOVED", "ASK") and words[1].isdigit():
+        return int(words[1])
+    return None
+
+
 def _check_patched() -> None:
     if not gevent.monkey.is_module_patched("socket"):
         logger.warning(
@@ -976,7 +986,9 @@ class _ShardedPublisher:
     only when that master answers that the slot moved (it follows the
     slot, and reads the map again), and for everything else (scripts,
     presence, counts). After a publish that failed, as when a master died,
-    the next one reads the map again first.
+    a later one reads the map again first, at most once per
+    :data:`_REROUTE_INTERVAL`, and lets go of the masters that are no
+    longer.
 
     """
 
@@ -986,6 +998,7 @@ class _ShardedPublisher:
         self.timeout = timeout
         self.masters: dict[str, _Publisher] = {}  # by node name, "host:port"
         self.stale = False
+        self.read_at = -_REROUTE_INTERVAL
 
     def publish(self, channel: str, data: bytes) -> None:
         try:
@@ -997,9 +1010,8 @@ class _ShardedPublisher:
 
     def _publish(self, channel: str, data: bytes) -> None:
         cluster = self.cluster
-        if self.stale:
-            self.stale = False
-            cluster.nodes_manager.initialize()
+        if self.stale and time.monotonic() - self.read_at >= _REROUTE_INTERVAL:
+            self._read_map()
         # redis-py's get_node_from_key() has no annotations.
         node = cluster.get_node_from_key(channel)  # type: ignore[no-untyped-call]
         master = self.masters.get(node.name)
@@ -1011,10 +1023,23 @@ class _ShardedPublisher:
         try:
             master.execute("SPUBLISH", channel, data)
         except redis.ResponseError as exc:
-            if not str(exc).startswith(("MOVED ", "ASK ")):
+            if _moved_slot(exc) is None:
                 raise
-            # Not run: the client follows the slot to its new master.
+            # Not run: the client follows the slot to its new master, and
+            # reads the map again.
             self.execute_command("SPUBLISH", channel, data)
+
+    def _read_map(self) -> None:
+        self.read_at = time.monotonic()
+        self.stale = False
+        cluster = self.cluster
+        cluster.nodes_manager.initialize()
+        # redis-py's get_primaries() has no annotations.
+        masters = {node.name for node in cluster.get_primaries()}  # type: ignore[no-untyped-call]
+        for name in [name for name in self.masters if name not in masters]:
+            gone = self.masters.pop(name, None)
+            if gone is not None:
+                gone.close()
 
     def execute_command(self, *command: str | bytes) -> Any:
         # redis-py's execute_command() has no annotations.
@@ -1294,7 +1319,7 @@ class _Subscriber:
                 # A shard's SSUBSCRIBE or SUNSUBSCRIBE of a slot that moved:
                 # its groups go to their new master; other errors end the
                 # connection.
-                if self.shards is None or not self._moved_away(str(exc)):
+                if self.shards is None or not self._moved_away(exc):
                     raise
                 continue
             if not working:
@@ -1367,7 +1392,7 @@ class _Subscriber:
                         # away: find the group's new master.
                         self.shards.moved(group, self)
 
-    def _moved_away(self, error: str) -> bool:
+    def _moved_away(self, error: redis.ResponseError) -> bool:
         """
         Handle a ``MOVED`` or ``ASK`` reply; tell whether ``error`` was one.
 
@@ -1375,9 +1400,9 @@ class _Subscriber:
         and go to their new master.
 
         """
-        if not error.startswith(("MOVED ", "ASK ")):
+        slot = _moved_slot(error)
+        if slot is None:
             return False
-        slot = int(error.split()[1])
         prefix = self.backend.prefix
         for group in self.subscriptions.groups():
             if key_slot((prefix + group).encode()) == slot:
