@@ -174,8 +174,10 @@ def _counting_clients(client) -> int:
 def test_concurrent_handshakes_share_max_connections(redis_server):
     # 20 handshakes at once, while Redis does not run scripts: no more than
     # MAX_CONNECTIONS connections are opened; the others wait, then count.
+    # The pause outlasts the wait for an answer, which outlasts the poll: a
+    # slow machine sees the paused state before anything times out.
     backend = _counting_backend(
-        redis_server.port, MAX_CONNECTIONS=3, SOCKET_TIMEOUT=TIMEOUT,
+        redis_server.port, MAX_CONNECTIONS=3, SOCKET_TIMEOUT=3 * TIMEOUT,
         CLIENT_KWARGS={"client_name": "counting"},
     )
     counts = backend.connection_counts()
@@ -185,18 +187,22 @@ def test_concurrent_handshakes_share_max_connections(redis_server):
         threading.Thread(target=lambda: tickets.append(counts.acquire([("address:x", 100)])))
         for _ in range(20)
     ]
-    control.execute_command("CLIENT", "PAUSE", int(2 * TIMEOUT * 1000), "WRITE")
+    control.execute_command("CLIENT", "PAUSE", int(4 * TIMEOUT * 1000), "WRITE")
     try:
         for thread in threads:
             thread.start()
         connections = counts.execute.__self__  # the bounded connections
-        assert servers.poll(
-            lambda: connections.waiting == 17 and _counting_clients(control) == 3
+
+        def waiting():
+            return connections.waiting == 17 and _counting_clients(control) == 3
+
+        assert servers.poll(waiting, timeout=2 * TIMEOUT), (
+            connections.waiting, _counting_clients(control)
         )
     finally:
         control.execute_command("CLIENT", "UNPAUSE")
     for thread in threads:
-        thread.join(TIMEOUT)
+        thread.join(3 * TIMEOUT)
     assert len(tickets) == 20 and None not in tickets
     assert control.zcard("counts:connections:address:x") == 20
     assert _counting_clients(control) <= 3
